@@ -1,0 +1,267 @@
+"""The agent gateway API (DRF), one view per operation. Views validate, call one service, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpRequest, JsonResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, status
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents import selectors, services
+from agents.models import Decision, Run
+from agents.serializers import (
+    ResultOutcomeSerializer,
+    RunCreateSerializer,
+    RunFinishSerializer,
+    RunSerializer,
+    StepCreateSerializer,
+    StepOutcomeSerializer,
+    ToolCallCreateSerializer,
+    ToolCallSerializer,
+    ToolResultSerializer,
+    tool_call_payload,
+)
+from approvals.services import approval_expire
+from opsconsole import roles
+from opsconsole.api_errors import UNAVAILABLE
+from opsconsole.audit import actor_name
+from opsconsole.authentication import IsAgent, IsOncall, authenticate_bearer, is_agent
+from opsconsole.errors import NotFound
+
+logger = logging.getLogger("opsconsole.api")
+
+
+def _valid(serializer_class, request: Request) -> dict:
+    if not isinstance(request.data, dict):
+        raise exceptions.ParseError("The body must be a JSON object.")
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+class RunCreateView(APIView):
+    permission_classes = [IsAgent]
+
+    @extend_schema(
+        request=RunCreateSerializer,
+        responses={201: RunSerializer, 200: RunSerializer},
+        operation_id="run_create",
+        tags=["agent"],
+    )
+    def post(self, request: Request) -> Response:
+        data = _valid(RunCreateSerializer, request)
+        run, created = services.run_start(
+            agent=request.user,
+            task=data["task"],
+            agent_version=data.get("agent_version", ""),
+            budgets={k: v for k, v in data.get("budgets", {}).items() if v is not None},
+            idempotency_key=data.get("idempotency_key"),
+            metadata=data.get("metadata") or {},
+        )
+        return Response(
+            RunSerializer(run).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class RunDetailView(APIView):
+    """An agent sees its own runs; people with a role see any run."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses=RunSerializer, operation_id="run_get", tags=["agent"])
+    def get(self, request: Request, run_id: int) -> Response:
+        if is_agent(request.user):
+            run = selectors.run_get_for_agent(agent=request.user, run_id=run_id)
+        elif roles.has_role(request.user, roles.ONCALL):
+            run = Run.objects.select_related("agent").filter(pk=run_id).first()
+            if run is None:
+                raise NotFound(f"No run {run_id}.")
+        else:
+            raise exceptions.PermissionDenied("This needs the oncall role.")
+        return Response(RunSerializer(run).data)
+
+
+class StepCreateView(APIView):
+    permission_classes = [IsAgent]
+
+    @extend_schema(
+        request=StepCreateSerializer,
+        responses=StepOutcomeSerializer,
+        operation_id="step_create",
+        tags=["agent"],
+    )
+    def post(self, request: Request, run_id: int) -> Response:
+        data = _valid(StepCreateSerializer, request)
+        outcome = services.step_record(agent=request.user, run_id=run_id, **data)
+        return Response(
+            StepOutcomeSerializer(
+                {
+                    "decision": outcome.decision,
+                    "stop_reason": outcome.stop_reason or None,
+                    "run": outcome.run,
+                }
+            ).data
+        )
+
+
+class ToolCallCreateView(APIView):
+    permission_classes = [IsAgent]
+
+    @extend_schema(
+        request=ToolCallCreateSerializer,
+        responses=ToolCallSerializer,
+        operation_id="tool_call_create",
+        tags=["agent"],
+    )
+    def post(self, request: Request, run_id: int) -> Response:
+        data = _valid(ToolCallCreateSerializer, request)
+        tool_call = services.tool_call_decide(
+            agent=request.user,
+            run_id=run_id,
+            tool=data["tool"],
+            args=data.get("args") or {},
+            idempotency_key=data.get("idempotency_key"),
+        )
+        return Response(tool_call_payload(tool_call))
+
+
+class ToolResultView(APIView):
+    permission_classes = [IsAgent]
+
+    @extend_schema(
+        request=ToolResultSerializer,
+        responses=ResultOutcomeSerializer,
+        operation_id="tool_call_result",
+        tags=["agent"],
+    )
+    def post(self, request: Request, tool_call_id: int) -> Response:
+        data = _valid(ToolResultSerializer, request)
+        outcome = services.tool_call_report(agent=request.user, tool_call_id=tool_call_id, **data)
+        return Response(
+            ResultOutcomeSerializer(
+                {
+                    "valid": outcome.valid,
+                    "stop_reason": outcome.stop_reason,
+                    "errors": outcome.errors,
+                    "run": outcome.run,
+                }
+            ).data
+        )
+
+
+class RunFinishView(APIView):
+    permission_classes = [IsAgent]
+
+    @extend_schema(
+        request=RunFinishSerializer,
+        responses=RunSerializer,
+        operation_id="run_finish",
+        tags=["agent"],
+    )
+    def post(self, request: Request, run_id: int) -> Response:
+        data = _valid(RunFinishSerializer, request)
+        run = services.run_finish(agent=request.user, run_id=run_id, **data)
+        return Response(RunSerializer(run).data)
+
+
+class RunCancelView(APIView):
+    permission_classes = [IsOncall]
+
+    @extend_schema(
+        request=None, responses=RunSerializer, operation_id="run_cancel", tags=["operator"]
+    )
+    def post(self, request: Request, run_id: int) -> Response:
+        reason = request.data.get("reason", "") if isinstance(request.data, dict) else ""
+        run = services.run_cancel(
+            run_id=run_id, actor=actor_name(request.user), reason=str(reason)[:2000]
+        )
+        return Response(RunSerializer(run).data)
+
+
+# --- long-poll: GET /api/v1/tool-calls/{id}?wait=N --------------------------------------------
+#
+# An async view: a waiting agent holds no worker thread, only a coroutine that checks the
+# request's state a few times a second (each check borrows a thread for one indexed query).
+
+POLL_INTERVAL_SECONDS = 0.25
+
+
+def _poll_tool_call(agent, tool_call_id: int) -> tuple[dict, bool]:
+    tool_call = selectors.tool_call_get_for_agent(agent=agent, tool_call_id=tool_call_id)
+    request = getattr(tool_call, "approval", None)
+    if (
+        tool_call.decision == Decision.PENDING_APPROVAL
+        and request is not None
+        and request.is_pending
+    ):
+        from django.utils import timezone
+
+        if timezone.now() >= request.expires_at and approval_expire(request_id=request.pk):
+            tool_call = selectors.tool_call_get_for_agent(agent=agent, tool_call_id=tool_call_id)
+    return tool_call_payload(tool_call), tool_call.decision == Decision.PENDING_APPROVAL
+
+
+def _error(code: str, detail, status_code: int, **headers) -> JsonResponse:
+    response = JsonResponse({"error": code, "detail": detail}, status=status_code)
+    for key, value in headers.items():
+        response[key.replace("_", "-")] = value
+    return response
+
+
+@extend_schema(
+    parameters=[
+        OpenApiParameter("wait", int, description="seconds to wait for a pending approval (0-30)")
+    ],
+    responses=ToolCallSerializer,
+    operation_id="tool_call_get",
+    tags=["agent"],
+)
+async def tool_call_detail(request: HttpRequest, tool_call_id: int) -> JsonResponse:
+    if request.method != "GET":
+        return _error(
+            "method_not_allowed", f'Method "{request.method}" not allowed.', 405, Allow="GET"
+        )
+    try:
+        wait = float(request.GET.get("wait", "0") or 0)
+    except ValueError:
+        return _error("malformed", "wait must be a number of seconds.", 400)
+    if not 0 <= wait <= settings.OPSCONSOLE_MAX_WAIT_SECONDS:
+        return _error(
+            "malformed", f"wait must be between 0 and {settings.OPSCONSOLE_MAX_WAIT_SECONDS}.", 400
+        )
+    try:
+        agent, _ = await sync_to_async(authenticate_bearer)(
+            request.headers.get("Authorization", "")
+        )
+    except exceptions.AuthenticationFailed as exc:
+        return _error(
+            "unauthenticated", str(exc.detail), 401, WWW_Authenticate='Bearer realm="api"'
+        )
+    except DatabaseError:
+        return JsonResponse(UNAVAILABLE, status=503)
+    if not is_agent(agent):
+        return _error("forbidden", "This endpoint is for agents; use an agent key.", 403)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            payload, pending = await sync_to_async(_poll_tool_call)(agent, tool_call_id)
+            remaining = deadline - time.monotonic()
+            if not pending or remaining <= 0:
+                return JsonResponse(payload)
+            await asyncio.sleep(min(POLL_INTERVAL_SECONDS, remaining))
+    except NotFound as exc:
+        return _error(exc.code, exc.detail, 404)
+    except DatabaseError as exc:
+        logger.warning("control plane unavailable: %s", exc)
+        return JsonResponse(UNAVAILABLE, status=503)

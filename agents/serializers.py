@@ -1,0 +1,172 @@
+"""Input and output shapes of the gateway API (SPEC.md, "Gateway API (v1)")."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from agents.models import Run, ToolCall
+
+TOOL_NAME = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$"
+
+
+class BudgetsSerializer(serializers.Serializer):
+    max_steps = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    max_seconds = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    max_tool_calls = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    max_usd = serializers.FloatField(min_value=0, required=False, allow_null=True)
+    max_tokens = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = set(data) - set(self.fields)
+            if unknown:
+                raise serializers.ValidationError(f"unknown budgets: {', '.join(sorted(unknown))}")
+        return super().to_internal_value(data)
+
+
+class RunCreateSerializer(serializers.Serializer):
+    task = serializers.CharField(max_length=10_000)
+    agent_version = serializers.CharField(
+        max_length=100, required=False, allow_blank=True, default=""
+    )
+    budgets = BudgetsSerializer(required=False)
+    idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True)
+    metadata = serializers.DictField(required=False)
+
+
+class StepCreateSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=["llm"], default="llm")
+    model = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    tokens_in = serializers.IntegerField(min_value=0, max_value=10**9, default=0)
+    tokens_out = serializers.IntegerField(min_value=0, max_value=10**9, default=0)
+    usd = serializers.DecimalField(
+        max_digits=12, decimal_places=6, min_value=0, default=0, coerce_to_string=False
+    )
+    latency_ms = serializers.IntegerField(min_value=0, max_value=86_400_000, default=0)
+    summary = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+class ToolCallCreateSerializer(serializers.Serializer):
+    tool = serializers.RegexField(TOOL_NAME, max_length=200)
+    args = serializers.DictField(required=False, default=dict)
+    idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True)
+
+
+class ToolResultSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    output = serializers.JSONField(required=False, allow_null=True, default=None)
+    error = serializers.CharField(max_length=10_000, required=False, allow_blank=True, default="")
+    latency_ms = serializers.IntegerField(
+        min_value=0, max_value=86_400_000, required=False, allow_null=True
+    )
+    usd = serializers.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        min_value=0,
+        required=False,
+        allow_null=True,
+        coerce_to_string=False,
+    )
+
+
+class RunFinishSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["succeeded", "failed"])
+    answer = serializers.CharField(max_length=100_000, required=False, allow_blank=True, default="")
+    error = serializers.CharField(max_length=10_000, required=False, allow_blank=True, default="")
+
+
+class BudgetsOutSerializer(serializers.Serializer):
+    max_steps = serializers.IntegerField(allow_null=True)
+    max_seconds = serializers.IntegerField(allow_null=True)
+    max_tool_calls = serializers.IntegerField(allow_null=True)
+    max_usd = serializers.FloatField(allow_null=True)
+    max_tokens = serializers.IntegerField(allow_null=True)
+
+
+class UsageSerializer(serializers.Serializer):
+    steps = serializers.IntegerField()
+    tool_calls = serializers.IntegerField()
+    tokens = serializers.IntegerField()
+    usd = serializers.FloatField()
+    seconds = serializers.FloatField()
+
+
+class RunSerializer(serializers.ModelSerializer):
+    agent = serializers.CharField(source="agent.name")
+    stop_reason = serializers.SerializerMethodField()
+    budgets = BudgetsOutSerializer(source="budgets_dict")
+    usage = UsageSerializer(source="usage_dict")
+
+    class Meta:
+        model = Run
+        fields = [
+            "id",
+            "agent",
+            "agent_version",
+            "task",
+            "status",
+            "stop_reason",
+            "budgets",
+            "usage",
+            "policy_version",
+            "started_at",
+            "ended_at",
+        ]
+
+    def get_stop_reason(self, run: Run) -> str | None:
+        return run.stop_reason or None
+
+
+class ApprovalRefSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    reviewers_required = serializers.IntegerField()
+    approvals = serializers.IntegerField()
+    expires_at = serializers.DateTimeField()
+
+
+class ToolCallSerializer(serializers.Serializer):
+    id = serializers.IntegerField(allow_null=True)
+    tool = serializers.CharField()
+    decision = serializers.CharField()
+    stop_reason = serializers.CharField(allow_null=True)
+    detail = serializers.CharField(allow_blank=True)
+    approval = ApprovalRefSerializer(allow_null=True)
+    run = RunSerializer()
+
+
+class StepOutcomeSerializer(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=["continue", "stop"])
+    stop_reason = serializers.CharField(allow_null=True)
+    run = RunSerializer()
+
+
+class ResultOutcomeSerializer(serializers.Serializer):
+    valid = serializers.BooleanField()
+    stop_reason = serializers.CharField(allow_null=True)
+    errors = serializers.ListField(child=serializers.CharField())
+    run = RunSerializer()
+
+
+def tool_call_payload(tool_call: ToolCall) -> dict:
+    approval = None
+    request = getattr(tool_call, "approval", None) if tool_call.pk else None
+    if request is not None:
+        approval = {
+            "id": request.pk,
+            "status": request.status,
+            "reviewers_required": request.reviewers_required,
+            "approvals": request.decisions.filter(verdict="approve").count(),
+            "expires_at": request.expires_at,
+        }
+    return ToolCallSerializer(
+        {
+            "id": tool_call.pk,
+            "tool": tool_call.tool,
+            "decision": tool_call.decision,
+            "stop_reason": tool_call.stop_reason or None,
+            "detail": tool_call.detail,
+            "approval": approval,
+            "run": tool_call.run,
+        }
+    ).data

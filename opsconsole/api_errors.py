@@ -1,0 +1,54 @@
+"""One error shape for the whole API: ``{"error": "<code>", "detail": ...}``."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import DatabaseError, InterfaceError, OperationalError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+from opsconsole.errors import ServiceError
+
+logger = logging.getLogger("opsconsole.api")
+
+UNAVAILABLE = {
+    "error": "control_plane_unavailable",
+    "detail": "The control plane cannot decide right now; treat this as a stop.",
+}
+
+_DRF_CODES = {
+    exceptions.ParseError: "malformed",
+    exceptions.AuthenticationFailed: "unauthenticated",
+    exceptions.NotAuthenticated: "unauthenticated",
+    exceptions.PermissionDenied: "forbidden",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.Throttled: "rate_limited",
+    exceptions.ValidationError: "malformed",
+}
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, ServiceError):
+        return Response({"error": exc.code, "detail": exc.detail, **exc.extra}, status=exc.status)
+    if isinstance(exc, OperationalError | InterfaceError | DatabaseError):
+        logger.warning("control plane unavailable: %s", exc)
+        return Response(UNAVAILABLE, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    if isinstance(exc, exceptions.APIException):
+        code = next((c for t, c in _DRF_CODES.items() if isinstance(exc, t)), "error")
+        headers = {}
+        if isinstance(exc, exceptions.AuthenticationFailed | exceptions.NotAuthenticated):
+            headers["WWW-Authenticate"] = 'Bearer realm="api"'
+            exc.status_code = status.HTTP_401_UNAUTHORIZED
+        if getattr(exc, "wait", None):
+            headers["Retry-After"] = str(int(exc.wait))
+        return Response(
+            {"error": code, "detail": exc.detail}, status=exc.status_code, headers=headers
+        )
+    return None

@@ -1,0 +1,73 @@
+"""Cross-cutting records: the kill switch, the audit log and per-user API tokens."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class KillSwitchMode(models.TextChoices):
+    OFF = "off", "Off"
+    DISABLE_WRITES = "disable_writes", "Disable writes"
+    DISABLE_EXPENSIVE = "disable_expensive", "Disable expensive tools"
+    STOP_ALL = "stop_all", "Stop all"
+
+
+class KillSwitch(models.Model):
+    """The one global kill switch (a single row, id 1)."""
+
+    mode = models.CharField(max_length=32, choices=KillSwitchMode.choices, default="off")
+    reason = models.TextField(blank=True)
+    set_by = models.CharField(max_length=150, blank=True)
+    set_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(mode__in=KillSwitchMode.values), name="killswitch_mode_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"kill switch: {self.mode}"
+
+    @property
+    def is_on(self) -> bool:
+        return self.mode != KillSwitchMode.OFF
+
+
+class AuditEntry(models.Model):
+    """One human or policy action. Rows are only ever inserted (see opsconsole/audit.py)."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.CharField(max_length=200, help_text="user:<name>, agent:<name> or system")
+    action = models.CharField(max_length=64, db_index=True)
+    target_type = models.CharField(max_length=64)
+    target_id = models.CharField(max_length=64, blank=True)
+    reason = models.TextField(blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["target_type", "target_id"], name="audit_target_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action}"
+
+
+class UserToken(models.Model):
+    """A person's API token for the reviewer and operator API; stored hashed, shown once."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    label = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, db_index=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
