@@ -9,21 +9,23 @@ from agents.policy import Policy
 from opsconsole.errors import NotFound
 from opsconsole.models import KillSwitch, KillSwitchMode
 
-_policy_cache: dict[int, Policy] = {}
+# Parsed policies by (number, created_at): a number alone could be reused after a restore of
+# the database, the pair cannot.
+_policy_cache: dict[tuple, Policy] = {}
 
 
 def policy_current() -> Policy:
     """The policy in force now. A change made by any worker is seen on the next call."""
-    number = PolicyVersion.objects.order_by("-number").values_list("number", flat=True).first()
-    if number is None:
+    latest = PolicyVersion.objects.order_by("-number").values_list("number", "created_at").first()
+    if latest is None:
         raise NotFound("No policy has been loaded; run 'manage.py migrate'.", code="no_policy")
-    policy = _policy_cache.get(number)
+    policy = _policy_cache.get(latest)
     if policy is None:
-        document = PolicyVersion.objects.values_list("document", flat=True).get(number=number)
-        policy = Policy(number, document)
+        document = PolicyVersion.objects.values_list("document", flat=True).get(number=latest[0])
+        policy = Policy(latest[0], document)
         if len(_policy_cache) > 64:
             _policy_cache.clear()
-        _policy_cache[number] = policy
+        _policy_cache[latest] = policy
     return policy
 
 

@@ -1,0 +1,136 @@
+"""The fixture world: an agent and an outsider agent with keys, and a person per role."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.test import Client
+
+from agents import services
+from agents.models import Agent
+from opsconsole import roles
+from opsconsole.services import user_token_issue
+
+
+class JsonClient(Client):
+    """A Django test client that speaks JSON with a bearer key."""
+
+    def __init__(self, key: str | None = None, **defaults):
+        if key:
+            defaults["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+        super().__init__(**defaults)
+
+    def post_json(self, path: str, data=None, **extra):
+        return self.post(
+            path,
+            json.dumps(data if data is not None else {}),
+            content_type="application/json",
+            **extra,
+        )
+
+    def put_json(self, path: str, data=None, **extra):
+        return self.put(
+            path,
+            json.dumps(data if data is not None else {}),
+            content_type="application/json",
+            **extra,
+        )
+
+
+@dataclass
+class Person:
+    user: User
+    password: str
+    token: str
+    api: JsonClient
+
+
+@dataclass
+class AgentPersona:
+    agent: Agent
+    key: str
+    api: JsonClient
+
+
+def make_person(username: str, role: str | None) -> Person:
+    password = f"pw-{username}-Secret-1"
+    user = User.objects.create_user(username=username, password=password)
+    if role:
+        user.groups.add(Group.objects.get(name=role))
+    _, token = user_token_issue(user=user, actor="system")
+    return Person(user=user, password=password, token=token, api=JsonClient(token))
+
+
+def make_agent(name: str, tools: list[str] | None = None) -> AgentPersona:
+    agent = services.agent_create(name=name, actor="system", tools=tools)
+    _, key = services.agent_key_issue(agent=agent, actor="system")
+    return AgentPersona(agent=agent, key=key, api=JsonClient(key))
+
+
+@pytest.fixture
+def agent(db) -> AgentPersona:
+    return make_agent("support-bot")
+
+
+@pytest.fixture
+def outsider_agent(db) -> AgentPersona:
+    return make_agent("other-bot")
+
+
+@pytest.fixture
+def oncall(db) -> Person:
+    return make_person("olivia-oncall", roles.ONCALL)
+
+
+@pytest.fixture
+def reviewer(db) -> Person:
+    return make_person("rita-reviewer", roles.REVIEWER)
+
+
+@pytest.fixture
+def second_reviewer(db) -> Person:
+    return make_person("ravi-reviewer", roles.REVIEWER)
+
+
+@pytest.fixture
+def admin(db) -> Person:
+    return make_person("ada-admin", roles.ADMIN)
+
+
+@pytest.fixture
+def outsider(db) -> Person:
+    """Logged in, but in no role group."""
+    return make_person("oscar-outsider", None)
+
+
+@pytest.fixture
+def anonymous() -> JsonClient:
+    return JsonClient()
+
+
+@pytest.fixture
+def publish_policy(db):
+    """Publish a policy document (YAML text or dict) as the new current version."""
+    from agents.policy import parse_yaml
+
+    def publish(document, reason: str = "test"):
+        if isinstance(document, str):
+            document = parse_yaml(document)
+        return services.policy_publish(document=document, author="system", reason=reason)
+
+    return publish
+
+
+@pytest.fixture
+def start_run(agent):
+    def start(persona: AgentPersona | None = None, **body):
+        persona = persona or agent
+        body.setdefault("task", "answer a customer question")
+        response = persona.api.post_json("/api/v1/runs", body)
+        assert response.status_code == 201, response.content
+        return response.json()
+
+    return start
