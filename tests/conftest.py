@@ -70,6 +70,39 @@ def make_agent(name: str, tools: list[str] | None = None) -> AgentPersona:
     return AgentPersona(agent=agent, key=key, api=JsonClient(key))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _eager_tasks():
+    """Tasks run in-process in tests; the real-worker tests start their own Celery worker."""
+    from opsconsole.celery import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+
+
+@pytest.fixture(autouse=True)
+def _baseline(request):
+    """What the data migrations create (roles, kill switch row, seed policy v1), which a
+    ``transaction=True`` test's flush removes: put it back for tests that use the database."""
+    if not any(
+        name in request.fixturenames for name in ("db", "transactional_db")
+    ) and not request.node.get_closest_marker("django_db"):
+        return
+    request.getfixturevalue("db")
+    from agents.models import PolicyVersion
+    from agents.policy import SEED_POLICY_YAML, normalise, parse_yaml
+    from opsconsole.models import KillSwitch
+
+    roles.ensure_groups()
+    KillSwitch.objects.get_or_create(pk=1)
+    if not PolicyVersion.objects.exists():
+        PolicyVersion.objects.create(
+            number=1,
+            document=normalise(parse_yaml(SEED_POLICY_YAML)),
+            author="system",
+            reason="seed",
+        )
+
+
 @pytest.fixture
 def agent(db) -> AgentPersona:
     return make_agent("support-bot")
