@@ -45,6 +45,7 @@ from opsconsole.audit import audit_record
 from opsconsole.errors import Conflict, Invalid, NotFound
 from opsconsole.live import broadcast, group_for
 from opsconsole.models import KillSwitchMode
+from opsconsole.notifications import notify
 
 # --- agents and keys --------------------------------------------------------------------------
 
@@ -391,9 +392,11 @@ def step_record(
         if reason is not None:
             _stop_run(run, reason, f"step {run.steps + 1} refused")
             return StepOutcome(Decision.STOP, reason, run)
+        before = _usage_fractions(run)
         run.steps += 1
         run.tokens += tokens
         run.usd += usd
+        _notice_budget_crossings(run, before)
         run.last_activity_at = timezone.now()
         run.save(update_fields=["steps", "tokens", "usd", "last_activity_at"])
         _broadcast_run(run)
@@ -551,9 +554,11 @@ def _decide(
         cost_usd=rule.cost_usd,
         created_at=now,
     )
+    before = _usage_fractions(run)
     run.tool_calls += 1
     run.usd += rule.cost_usd
     run.last_activity_at = now
+    _notice_budget_crossings(run, before)
     fields = ["tool_calls", "usd", "last_activity_at"]
     _run_event(run, EventKind.TOOL_CALL, _call_data(tool_call), tool_call)
     if decision == Decision.PENDING_APPROVAL:
@@ -582,9 +587,61 @@ def _decide(
             tool_call,
         )
         broadcast([group_for("approvals")], "approvals.added", {"id": request.pk})
+        notify(
+            event="approval.requested",
+            key=f"approval:{request.pk}:requested",
+            payload={
+                "id": request.pk,
+                "run": run.pk,
+                "agent": agent.name,
+                "tool": tool,
+                "args": args,
+                "reviewers_required": rule.reviewers,
+                "expires_at": request.expires_at.isoformat(),
+            },
+        )
     run.save(update_fields=fields)
     _broadcast_run(run)
     return tool_call
+
+
+BUDGET_WARNING_FRACTION = 0.8
+_COUNTERS = {
+    "max_steps": "steps",
+    "max_tool_calls": "tool_calls",
+    "max_tokens": "tokens",
+    "max_usd": "usd",
+}
+
+
+def _usage_fractions(run: Run) -> dict[str, float]:
+    fractions = {}
+    for budget, counter in _COUNTERS.items():
+        limit = getattr(run, budget)
+        if limit:
+            fractions[budget] = float(getattr(run, counter)) / float(limit)
+    if run.max_seconds:
+        fractions["max_seconds"] = run.seconds / run.max_seconds
+    return fractions
+
+
+def _notice_budget_crossings(run: Run, before: dict[str, float]) -> None:
+    """Notify once per run and budget when usage crosses 80 % of it."""
+    after = _usage_fractions(run)
+    for budget, fraction in after.items():
+        if fraction >= BUDGET_WARNING_FRACTION > before.get(budget, 0.0):
+            notify(
+                event="budget.crossed_80",
+                key=f"run:{run.pk}:{budget}:80",
+                payload={
+                    "run": run.pk,
+                    "agent": run.agent.name,
+                    "budget": budget,
+                    "fraction": round(fraction, 3),
+                    "usage": run.usage(),
+                    "budgets": run.budgets(),
+                },
+            )
 
 
 def _call_data(tool_call: ToolCall) -> dict[str, Any]:
@@ -757,7 +814,9 @@ def tool_call_report(
                     "; ".join(errors),
                 )
             else:
+                before = _usage_fractions(run)
                 run.usd += spend
+                _notice_budget_crossings(run, before)
                 update.append("usd")
                 run.save(update_fields=update)
                 _broadcast_run(run)
@@ -873,3 +932,29 @@ def runs_stop_all_for_kill_switch(*, batch: int = 200) -> int:
         stopped += progress
         if progress == 0:
             return stopped
+
+
+def traces_purge(*, older_than_days: int, batch: int = 5000) -> int:
+    """Remove trace payloads of runs that ended more than ``older_than_days`` ago, in batches.
+
+    Run rows (the summaries: budgets, usage, stop reason) and the audit log are kept; tool calls
+    keep their decision but lose their arguments and outputs.
+    """
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    old_runs = Run.objects.filter(ended_at__lt=cutoff)
+    removed = 0
+    while True:
+        ids = list(TraceEvent.objects.filter(run__in=old_runs).values_list("pk", flat=True)[:batch])
+        if not ids:
+            break
+        removed += TraceEvent.objects.filter(pk__in=ids).delete()[0]
+    while True:
+        ids = list(
+            ToolCall.objects.filter(run__in=old_runs)
+            .exclude(args={}, output=None)
+            .values_list("pk", flat=True)[:batch]
+        )
+        if not ids:
+            break
+        ToolCall.objects.filter(pk__in=ids).update(args={}, output=None)
+    return removed

@@ -30,3 +30,10 @@ def reap_runs() -> int:
 @shared_task(name="killswitch.sweep", **_common)
 def kill_switch_sweep() -> int:
     return services.runs_stop_all_for_kill_switch()
+
+
+@shared_task(name="traces.purge", **_common)
+def purge_traces() -> int:
+    if settings.OPSCONSOLE_RETENTION_DAYS <= 0:
+        return 0
+    return services.traces_purge(older_than_days=settings.OPSCONSOLE_RETENTION_DAYS)

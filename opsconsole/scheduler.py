@@ -18,10 +18,25 @@ _started = threading.Event()
 _stop = threading.Event()
 
 
-def run_due_sweeps() -> dict[str, int]:
-    from agents.tasks import expire_approvals, reap_runs
+_last_purge = 0.0
 
-    return {"expired": expire_approvals.run(), "reaped": reap_runs.run()}
+
+def run_due_sweeps() -> dict[str, int]:
+    """One tick of the embedded beat: the same task bodies Celery beat schedules."""
+    global _last_purge
+    from agents.tasks import expire_approvals, purge_traces, reap_runs
+    from opsconsole.tasks import deliver_due_webhooks, notify_expiring_approvals
+
+    done = {
+        "expired": expire_approvals.run(),
+        "reaped": reap_runs.run(),
+        "expiring_notices": notify_expiring_approvals.run(),
+        "webhooks": deliver_due_webhooks.run(),
+    }
+    if time.monotonic() - _last_purge > 3600:
+        _last_purge = time.monotonic()
+        done["purged"] = purge_traces.run()
+    return done
 
 
 def _loop(interval: float) -> None:
@@ -45,4 +60,3 @@ def start(interval: float | None = None) -> None:
 
 def stop() -> None:
     _stop.set()
-    time.sleep(0)

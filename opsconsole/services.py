@@ -10,6 +10,7 @@ from opsconsole.audit import audit_record
 from opsconsole.errors import Invalid
 from opsconsole.live import broadcast, group_for
 from opsconsole.models import KillSwitch, KillSwitchMode, UserToken
+from opsconsole.notifications import notify
 
 
 def kill_switch_set(*, mode: str, reason: str, actor: str) -> KillSwitch:
@@ -33,7 +34,7 @@ def kill_switch_set(*, mode: str, reason: str, actor: str) -> KillSwitch:
         switch.set_by = actor
         switch.set_at = timezone.now()
         switch.save()
-        audit_record(
+        entry = audit_record(
             actor=actor,
             action="kill_switch.set",
             target_type="kill_switch",
@@ -46,6 +47,11 @@ def kill_switch_set(*, mode: str, reason: str, actor: str) -> KillSwitch:
             [group_for("killswitch")],
             "killswitch.changed",
             {"mode": mode, "reason": reason, "set_by": actor, "set_at": switch.set_at.isoformat()},
+        )
+        notify(
+            event="kill_switch.changed",
+            key=f"kill_switch:{entry.pk}",
+            payload={"mode": mode, "reason": reason, "set_by": actor, "previous": before["mode"]},
         )
         if mode == KillSwitchMode.STOP_ALL:
             from agents.tasks import kill_switch_sweep

@@ -231,6 +231,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("OPSCONSOLE_MAX_BODY_BYTES", 1_048_576)
 OPSCONSOLE_MAX_WAIT_SECONDS = 30
 # Extra time a silent run gets past its max_seconds before the reaper stops it.
 OPSCONSOLE_REAP_GRACE_SECONDS = env_int("OPSCONSOLE_REAP_GRACE_SECONDS", 10)
+# Webhook retries back off from this many seconds, doubling per attempt (capped at 10 minutes).
+OPSCONSOLE_WEBHOOK_BACKOFF_SECONDS = env_int("OPSCONSOLE_WEBHOOK_BACKOFF_SECONDS", 5)
+# A pending approval this close to expiring gets an "about to expire" notice.
+OPSCONSOLE_APPROVAL_EXPIRING_SECONDS = env_int("OPSCONSOLE_APPROVAL_EXPIRING_SECONDS", 60)
+# Trace payloads of runs that ended more than this many days ago are purged (0: keep forever).
+OPSCONSOLE_RETENTION_DAYS = env_int("OPSCONSOLE_RETENTION_DAYS", 30)
 # In-process scheduler for the embedded default (no Celery beat).
 OPSCONSOLE_EMBEDDED_SCHEDULER = env_bool("OPSCONSOLE_EMBEDDED_SCHEDULER", not REDIS_URL)
 
@@ -259,7 +265,11 @@ LOGGING = {
     "loggers": {"opsconsole": {"level": env_str("OPSCONSOLE_LOG_LEVEL", "INFO")}},
 }
 
+# The periodic sweeps (the embedded default runs the same ones: opsconsole/scheduler.py).
 CELERY_BEAT_SCHEDULE = {
     "expire-approvals": {"task": "approvals.expire_due", "schedule": 2.0},
+    "notify-expiring-approvals": {"task": "approvals.notify_expiring", "schedule": 15.0},
     "reap-silent-runs": {"task": "runs.reap_silent", "schedule": 5.0},
+    "deliver-due-webhooks": {"task": "webhooks.deliver_due", "schedule": 5.0},
+    "purge-old-traces": {"task": "traces.purge", "schedule": 3600.0},
 }
