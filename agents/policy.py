@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -138,6 +139,7 @@ POLICY_SCHEMA: dict[str, Any] = {
         "breaker": _breaker_schema,
         "monitoring": {
             "type": "object",
+            "additionalProperties": False,
             "properties": {"track": {"type": "array", "items": {"type": "string"}}},
         },
         "kill_switch": {
@@ -178,7 +180,34 @@ def parse_yaml(text: str) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise PolicyError(["the policy must be a mapping at the top level"])
+    problems = _non_json_values(data, "")
+    if problems:
+        raise PolicyError(problems)
     return data
+
+
+def _non_json_values(value: Any, path: str) -> list[str]:
+    """YAML can say more than JSON (dates, sets, binary, non-string keys, NaN); a policy is
+    stored as JSON, so such values are errors here rather than a crash when it is saved."""
+    where = path or "(top)"
+    if isinstance(value, dict):
+        problems = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                problems.append(f"{where}: key {key!r} must be a string (quote it)")
+                continue
+            problems.extend(_non_json_values(item, f"{path}/{key}" if path else key))
+        return problems
+    if isinstance(value, list):
+        problems = []
+        for index, item in enumerate(value):
+            problems.extend(_non_json_values(item, f"{path}/{index}" if path else str(index)))
+        return problems
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{where}: {value!r} is not a finite number"]
+    if value is None or isinstance(value, str | bool | int | float):
+        return []
+    return [f"{where}: {value!r} is not a JSON value (a {type(value).__name__}; quote it)"]
 
 
 def dump_yaml(document: dict[str, Any]) -> str:
