@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -16,6 +17,11 @@ logger = logging.getLogger("opsconsole.api")
 UNAVAILABLE = {
     "error": "control_plane_unavailable",
     "detail": "The control plane cannot decide right now; treat this as a stop.",
+}
+
+TOO_LARGE = {
+    "error": "payload_too_large",
+    "detail": "The request body is larger than the server accepts.",
 }
 
 _DRF_CODES = {
@@ -35,6 +41,8 @@ _DRF_CODES = {
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ServiceError):
         return Response({"error": exc.code, "detail": exc.detail, **exc.extra}, status=exc.status)
+    if isinstance(exc, RequestDataTooBig):
+        return Response(TOO_LARGE, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, OperationalError | InterfaceError | DatabaseError):
         logger.warning("control plane unavailable: %s", exc)
         return Response(UNAVAILABLE, status=status.HTTP_503_SERVICE_UNAVAILABLE)

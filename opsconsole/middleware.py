@@ -1,15 +1,23 @@
-"""Turns a database outage anywhere into a clear 503 instead of a 500 page."""
+"""Turns a database outage anywhere into a clear 503, and refuses oversized API bodies with 413."""
 
 from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from opsconsole.api_errors import UNAVAILABLE
+from opsconsole.api_errors import TOO_LARGE, UNAVAILABLE
 
 logger = logging.getLogger("opsconsole")
+
+
+def _declared_length(request: HttpRequest) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
 
 
 class ControlPlaneUnavailableMiddleware:
@@ -17,6 +25,12 @@ class ControlPlaneUnavailableMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if (
+            request.path.startswith("/api/")
+            and _declared_length(request) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        ):
+            # Refused before the body is read, so a huge upload costs nothing.
+            return JsonResponse(TOO_LARGE, status=413)
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:

@@ -631,3 +631,14 @@ def test_the_openapi_schema_is_served_with_every_gateway_path(anonymous):
         "/api/v1/kill-switch",
     ]:
         assert path in paths, path
+
+
+def test_an_oversized_body_is_a_413_and_changes_nothing(agent, start_run):
+    run = start_run()
+    response = agent.api.post_json(
+        f"/api/v1/runs/{run['id']}/tool-calls",
+        {"tool": "kb.read", "args": {"blob": "a" * 2_000_000}},
+    )
+    assert response.status_code == 413
+    assert response.json()["error"] == "payload_too_large"
+    assert ToolCall.objects.count() == 0
