@@ -59,3 +59,232 @@ def run_list(*, agent: str | None = None, status: str | None = None) -> QuerySet
     if status:
         runs = runs.filter(status=status)
     return runs
+
+
+# --- the web console --------------------------------------------------------------------------
+# Reads for the console's pages. Lists use keyset pagination (never OFFSET) on the same columns
+# as their index, so the thousandth page costs what the first one does.
+
+from dataclasses import dataclass  # noqa: E402
+from datetime import UTC, datetime, timedelta  # noqa: E402
+
+from django.db.models import Count, Min, Prefetch, Q  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from agents import stop_reasons  # noqa: E402
+from agents.models import ACTIVE_STATUSES, AgentKey, TraceEvent  # noqa: E402
+
+
+@dataclass(frozen=True)
+class KeysetCursor:
+    """A position in a list ordered by (a timestamp, id): the values of the last row shown."""
+
+    moment: datetime
+    id: int
+
+    # Integer microseconds since the epoch: exact, unlike a float timestamp.
+    EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+    def encode(self) -> str:
+        micros = (self.moment - self.EPOCH) // timedelta(microseconds=1)
+        return f"{micros}-{self.id}"
+
+    @classmethod
+    def decode(cls, raw: str) -> KeysetCursor | None:
+        micros, _, ident = (raw or "").partition("-")
+        try:
+            moment = cls.EPOCH + timedelta(microseconds=int(micros))
+            return cls(moment=moment, id=int(ident))
+        except (ValueError, OverflowError, OSError):
+            return None
+
+
+RunCursor = KeysetCursor
+
+
+def stop_reason_filter(value: str) -> Q:
+    """``tool_denied`` matches every ``tool_denied:<tool>``; a full reason matches itself."""
+    if ":" in value:
+        return Q(stop_reason=value)
+    return Q(stop_reason=value) | Q(stop_reason__startswith=f"{value}:")
+
+
+def run_page(
+    *,
+    agent: str | None = None,
+    status: str | None = None,
+    stop_reason: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    search: str | None = None,
+    after: RunCursor | None = None,
+    limit: int = 50,
+) -> tuple[list[Run], RunCursor | None]:
+    """One page of runs, newest first, and the cursor of the next page (None on the last)."""
+    runs = run_list(agent=agent, status=status)
+    if stop_reason:
+        runs = runs.filter(stop_reason_filter(stop_reason))
+    if since:
+        runs = runs.filter(started_at__gte=since)
+    if until:
+        runs = runs.filter(started_at__lt=until)
+    if search:
+        runs = runs.filter(task__icontains=search)
+    if after:
+        runs = runs.filter(
+            Q(started_at__lt=after.moment) | Q(started_at=after.moment, id__lt=after.id)
+        )
+    rows = list(runs.defer("metadata", "answer", "error", "request_hash")[: limit + 1])
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, RunCursor(rows[-1].started_at, rows[-1].pk)
+
+
+def run_get(*, run_id: int) -> Run:
+    run = Run.objects.select_related("agent").filter(pk=run_id).first()
+    if run is None:
+        raise NotFound(f"No run {run_id}.")
+    return run
+
+
+def run_trace_page(
+    *,
+    run: Run,
+    after: int | None = None,
+    before: int | None = None,
+    limit: int = 100,
+) -> tuple[list[TraceEvent], bool]:
+    """A page of a run's timeline in id order, and whether more events lie beyond it.
+
+    ``after`` pages forward from an event id; ``before`` pages backward (for "latest first"
+    views of long traces); neither gives the beginning of the trace.
+    """
+    events = TraceEvent.objects.filter(run=run)
+    if before is not None:
+        rows = list(events.filter(id__lt=before).order_by("-id")[: limit + 1])
+        more = len(rows) > limit
+        return list(reversed(rows[:limit])), more
+    if after is not None:
+        events = events.filter(id__gt=after)
+    rows = list(events.order_by("id")[: limit + 1])
+    return rows[:limit], len(rows) > limit
+
+
+def run_agent_names() -> list[str]:
+    return list(Agent.objects.order_by("name").values_list("name", flat=True))
+
+
+@dataclass(frozen=True)
+class Overview:
+    running: list[Run]
+    running_count: int
+    pending_count: int
+    oldest_pending_at: datetime | None
+    stops_last_hour: list[tuple[str, int]]
+    stops_last_day: list[tuple[str, int]]
+    top_stopping_agents: list[tuple[str, int]]
+
+
+def _stop_counts(since: datetime) -> list[tuple[str, int]]:
+    """Ended runs since a moment, counted by stop reason kind (``tool_denied:x`` -> kind)."""
+    counts: dict[str, int] = {}
+    rows = (
+        Run.objects.filter(ended_at__gte=since)
+        .values_list("stop_reason")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for reason, n in rows:
+        kind = stop_reasons.kind_of(reason)
+        counts[kind] = counts.get(kind, 0) + n
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def overview(*, running_limit: int = 10) -> Overview:
+    from approvals.models import ApprovalRequest, ApprovalStatus
+
+    now = timezone.now()
+    active = Run.objects.filter(status__in=ACTIVE_STATUSES)
+    pending = ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING)
+    pending_stats = pending.aggregate(n=Count("id"), oldest=Min("created_at"))
+    top_agents = (
+        Run.objects.filter(ended_at__gte=now - timedelta(days=1), status="stopped")
+        .values_list("agent__name")
+        .annotate(n=Count("id"))
+        .order_by("-n", "agent__name")[:5]
+    )
+    return Overview(
+        running=list(active.select_related("agent").order_by("-started_at", "-id")[:running_limit]),
+        running_count=active.count(),
+        pending_count=pending_stats["n"],
+        oldest_pending_at=pending_stats["oldest"],
+        stops_last_hour=_stop_counts(now - timedelta(hours=1)),
+        stops_last_day=_stop_counts(now - timedelta(days=1)),
+        top_stopping_agents=[(name, n) for name, n in top_agents],
+    )
+
+
+def agent_admin_list() -> list[Agent]:
+    """Agents with their keys (newest first) for the agents admin page."""
+    return list(
+        Agent.objects.order_by("name").prefetch_related(
+            Prefetch("keys", queryset=AgentKey.objects.order_by("-created_at", "-id"))
+        )
+    )
+
+
+def agent_get(*, name: str) -> Agent:
+    agent = Agent.objects.filter(name=name).first()
+    if agent is None:
+        raise NotFound(f"No agent {name!r}.")
+    return agent
+
+
+def policy_version_list(*, before: int | None = None, limit: int = 50) -> list[PolicyVersion]:
+    versions = PolicyVersion.objects.defer("document").order_by("-number")
+    if before is not None:
+        versions = versions.filter(number__lt=before)
+    return list(versions[:limit])
+
+
+def policy_version_with_previous(*, number: int) -> tuple[PolicyVersion, PolicyVersion | None]:
+    rows = list(PolicyVersion.objects.filter(number__lte=number).order_by("-number")[:2])
+    if not rows or rows[0].number != number:
+        raise NotFound(f"No policy version {number}.")
+    return rows[0], rows[1] if len(rows) > 1 else None
+
+
+@dataclass(frozen=True)
+class KillSwitchImpact:
+    """What turning the kill switch to a mode would do, for the confirmation step."""
+
+    mode: str
+    active_runs: int
+    waiting_runs: int
+    dark_tools: list[str]
+    runs_stop_now: bool
+
+
+def kill_switch_impact(*, mode: str) -> KillSwitchImpact:
+    """Computed from the policy in force and the runs active right now."""
+    policy = policy_current()
+    allowed = policy.document["tools"]["allow"]
+    if mode == "stop_all":
+        dark = list(allowed)
+    elif mode == "disable_writes":
+        dark = [tool for tool in allowed if policy.tool_rule(tool).effect == "write"]
+    elif mode == "disable_expensive":
+        dark = [tool for tool in allowed if policy.tool_rule(tool).expensive]
+    else:
+        dark = []
+    counts = Run.objects.filter(status__in=ACTIVE_STATUSES).aggregate(
+        active=Count("id"), waiting=Count("id", filter=Q(status="waiting_approval"))
+    )
+    return KillSwitchImpact(
+        mode=mode,
+        active_runs=counts["active"],
+        waiting_runs=counts["waiting"],
+        dark_tools=dark,
+        runs_stop_now=mode == "stop_all",
+    )

@@ -15,3 +15,95 @@ def approval_list(*, status: str = ApprovalStatus.PENDING) -> QuerySet[ApprovalR
     if status == ApprovalStatus.PENDING:
         return requests.order_by("created_at", "id")
     return requests.order_by("-id")
+
+
+# --- the web console --------------------------------------------------------------------------
+
+from django.db.models import Q  # noqa: E402
+
+from agents.models import TraceEvent  # noqa: E402
+from agents.selectors import KeysetCursor  # noqa: E402
+
+# How many of the run's latest trace events a queue card shows for context.
+CONTEXT_EVENTS = 6
+
+
+def _queue_queryset() -> QuerySet[ApprovalRequest]:
+    return ApprovalRequest.objects.select_related("agent", "run").prefetch_related(
+        Prefetch(
+            "decisions",
+            queryset=ApprovalDecision.objects.select_related("reviewer").order_by(
+                "created_at", "id"
+            ),
+        ),
+        # A sliced prefetch: one query for the whole page, the latest events of each run.
+        Prefetch(
+            "run__events",
+            queryset=TraceEvent.objects.order_by("-id")[: CONTEXT_EVENTS + 2],
+            to_attr="recent_events",
+        ),
+    )
+
+
+def approval_queue(*, newer_than: int | None = None, limit: int = 50) -> list[ApprovalRequest]:
+    """Pending requests oldest first, with their decisions so far and the run's latest trace.
+
+    ``newer_than`` gives only requests with a larger id (what a live queue lacks).
+    """
+    requests = _queue_queryset().filter(status=ApprovalStatus.PENDING)
+    if newer_than is not None:
+        requests = requests.filter(id__gt=newer_than)
+    rows = list(requests.order_by("created_at", "id")[:limit])
+    for request in rows:
+        request.context_events = [
+            event
+            for event in reversed(request.run.recent_events)
+            if event.tool_call_id != request.tool_call_id
+        ][-CONTEXT_EVENTS:]
+    return rows
+
+
+def approval_card(*, request_id: int) -> ApprovalRequest | None:
+    request = _queue_queryset().filter(pk=request_id).first()
+    if request is not None:
+        request.context_events = [
+            event
+            for event in reversed(request.run.recent_events)
+            if event.tool_call_id != request.tool_call_id
+        ][-CONTEXT_EVENTS:]
+    return request
+
+
+def approval_pending_count() -> int:
+    return ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING).count()
+
+
+def approval_history(
+    *, status: str | None = None, before: KeysetCursor | None = None, limit: int = 50
+) -> tuple[list[ApprovalRequest], KeysetCursor | None]:
+    """Decided requests, most recently decided first (keyset on decided_at, id)."""
+    requests = (
+        ApprovalRequest.objects.exclude(status=ApprovalStatus.PENDING)
+        .filter(decided_at__isnull=False)
+        .select_related("agent")
+        .prefetch_related(
+            Prefetch(
+                "decisions",
+                queryset=ApprovalDecision.objects.select_related("reviewer").order_by(
+                    "created_at", "id"
+                ),
+            )
+        )
+        .order_by("-decided_at", "-id")
+    )
+    if status:
+        requests = requests.filter(status=status)
+    if before is not None:
+        requests = requests.filter(
+            Q(decided_at__lt=before.moment) | Q(decided_at=before.moment, id__lt=before.id)
+        )
+    rows = list(requests[: limit + 1])
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, KeysetCursor(rows[-1].decided_at, rows[-1].pk)

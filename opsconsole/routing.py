@@ -1,3 +1,7 @@
 from __future__ import annotations
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from opsconsole.consumers import LiveConsumer
+
+websocket_urlpatterns: list = [path("ws/live/", LiveConsumer.as_asgi())]

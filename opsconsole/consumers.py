@@ -1,0 +1,143 @@
+"""One websocket per console page: ``/ws/live/?topics=runs,run.12,approvals,killswitch``.
+
+Rules:
+
+- The session authenticates the socket in ``connect``; anonymous people and people without a
+  role are refused (closed with 4403) before joining any group.
+- Topics and who may follow them (see ``TOPIC_ROLES``): every role may watch runs, one run, the
+  approvals queue, the kill switch and the breakers (on-call views everything; reviewers and
+  admins include on-call). Only reviewers *decide* approvals, and that is checked by the HTTP
+  views, not here: the socket carries no actions. Unknown or forbidden topics are ignored.
+- The socket carries only ids, statuses and counters; anything richer (arguments, outputs) the
+  page fetches over HTTP, where the same role checks apply.
+- Bursts are coalesced: per key (one run's updates, the approval events) at most one message
+  per ``COALESCE_SECONDS``, the latest state wins, and id lists are merged. A runaway agent making
+  50 calls a second sends a browser four messages a second, not fifty.
+- The consumer holds no ORM writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from opsconsole import roles
+from opsconsole.live import group_for
+
+COALESCE_SECONDS = 0.25
+MAX_RUN_TOPICS = 200
+CLOSE_FORBIDDEN = 4403
+
+# The lowest role that may follow each topic ("run.<id>" is listed as "run").
+TOPIC_ROLES = {
+    "runs": roles.ONCALL,
+    "run": roles.ONCALL,
+    "approvals": roles.ONCALL,
+    "killswitch": roles.ONCALL,
+    "breakers": roles.ONCALL,
+}
+_RUN_TOPIC = re.compile(r"^run\.(\d{1,18})$")
+# Events whose payload carries a list of ids: merged, not replaced, when coalesced.
+_MERGED_IDS = {"approvals.added", "approvals.removed", "approvals.changed"}
+
+
+def parse_topics(query_string: bytes) -> list[str]:
+    raw = parse_qs(query_string.decode("latin-1")).get("topics", [""])[0]
+    topics: list[str] = []
+    for topic in (t.strip() for t in raw.split(",")):
+        if topic and topic not in topics and (topic in TOPIC_ROLES or _RUN_TOPIC.match(topic)):
+            topics.append(topic)
+    runs = [t for t in topics if t.startswith("run.")]
+    if len(runs) > MAX_RUN_TOPICS:
+        topics = [t for t in topics if t not in runs[MAX_RUN_TOPICS:]]
+    return topics
+
+
+def group_of(topic: str) -> str:
+    match = _RUN_TOPIC.match(topic)
+    if match:
+        return group_for("run", int(match.group(1)))
+    return group_for(topic)
+
+
+def coalesce_key(event: str, payload: dict[str, Any]) -> str:
+    if event == "run.updated":
+        return f"run.updated:{payload.get('id')}"
+    if event == "breaker.updated":
+        return f"breaker.updated:{payload.get('tool')}"
+    return event
+
+
+def merge(previous: dict[str, Any] | None, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+    if previous is None or event not in _MERGED_IDS:
+        return payload
+    ids = list(previous.get("ids") or ([previous["id"]] if "id" in previous else []))
+    for ident in payload.get("ids") or ([payload["id"]] if "id" in payload else []):
+        if ident not in ids:
+            ids.append(ident)
+    return {**previous, **payload, "ids": ids}
+
+
+class LiveConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        level = await database_sync_to_async(roles.rank)(user)
+        if level == 0:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        allowed = [
+            topic
+            for topic in parse_topics(self.scope.get("query_string", b""))
+            if await database_sync_to_async(roles.has_role)(user, TOPIC_ROLES[topic.split(".")[0]])
+        ]
+        self.groups_joined = [group_of(topic) for topic in allowed]
+        self.pending: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.last_sent: dict[str, float] = {}
+        self.flushers: dict[str, asyncio.TimerHandle] = {}
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+        await self.send_json({"event": "hello", "payload": {"topics": allowed}})
+
+    async def disconnect(self, code: int) -> None:
+        for handle in getattr(self, "flushers", {}).values():
+            handle.cancel()
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def receive_json(self, content: Any, **kwargs) -> None:
+        # The page only listens; a ping keeps proxies from closing an idle socket.
+        if isinstance(content, dict) and content.get("type") == "ping":
+            await self.send_json({"event": "pong", "payload": {}})
+
+    async def live_event(self, message: dict[str, Any]) -> None:
+        """A broadcast from ``opsconsole.live``: send now, or fold into the pending one."""
+        event, payload = message["event"], message.get("payload") or {}
+        key = coalesce_key(event, payload)
+        previous = self.pending.get(key)
+        self.pending[key] = (event, merge(previous[1] if previous else None, event, payload))
+        if key in self.flushers:
+            return
+        wait = self.last_sent.get(key, 0.0) + COALESCE_SECONDS - time.monotonic()
+        if wait <= 0:
+            await self._flush(key)
+        else:
+            loop = asyncio.get_running_loop()
+            self.flushers[key] = loop.call_later(
+                wait, lambda: asyncio.ensure_future(self._flush(key))
+            )
+
+    async def _flush(self, key: str) -> None:
+        self.flushers.pop(key, None)
+        item = self.pending.pop(key, None)
+        if item is None:
+            return
+        self.last_sent[key] = time.monotonic()
+        event, payload = item
+        await self.send_json({"event": event, "payload": payload})

@@ -1,0 +1,32 @@
+"""Reads for the cross-cutting pages."""
+
+from __future__ import annotations
+
+from opsconsole.models import AuditEntry
+
+
+def audit_page(
+    *,
+    action: str | None = None,
+    actor: str | None = None,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> tuple[list[AuditEntry], int | None]:
+    """Audit entries newest first (keyset on id), and the ``before`` of the next page."""
+    entries = AuditEntry.objects.order_by("-id")
+    if action:
+        entries = entries.filter(action__startswith=action)
+    if actor:
+        entries = entries.filter(actor__icontains=actor)
+    if target_type:
+        entries = entries.filter(target_type=target_type)
+    if target_id:
+        entries = entries.filter(target_id=target_id)
+    if before is not None:
+        entries = entries.filter(id__lt=before)
+    rows = list(entries[: limit + 1])
+    if len(rows) <= limit:
+        return rows, None
+    return rows[:limit], rows[limit - 1].pk

@@ -1,0 +1,256 @@
+/* Live updates for the console: one websocket per page, reconnecting by itself.
+ *
+ * The socket carries small JSON events ({event, payload}); the page either updates numbers in
+ * place (meters, statuses, the kill-switch banner) or asks the server for a fresh fragment with
+ * htmx (new rows, new approval cards), so every piece of HTML still comes from the templates.
+ * Elements opt in with data-live-refresh="<event> <event>" plus hx-get/hx-trigger="live-refresh".
+ */
+(function () {
+  "use strict";
+
+  var body = document.body;
+  if (!body || !body.dataset.liveUrl) return;
+
+  // htmx: let form errors (422) and refusals (409) swap in like any answer.
+  if (window.htmx) {
+    htmx.config.responseHandling = [
+      { code: "204", swap: false },
+      { code: "[23]..", swap: true },
+      { code: "409", swap: true, error: false },
+      { code: "422", swap: true, error: false },
+      { code: "[45]..", swap: false, error: true },
+    ];
+  }
+
+  var BUDGETS = {
+    steps: "max_steps", tool_calls: "max_tool_calls", tokens: "max_tokens",
+    usd: "max_usd", seconds: "max_seconds",
+  };
+  var REFRESH_EVERY_MS = 1000;
+  var MAX_BACKOFF_MS = 15000;
+
+  // --- throttled fragment refreshes (first at once, then at most one per second, the last wins)
+  var timers = new WeakMap();
+  function refresh(el) {
+    if (!window.htmx || !el.isConnected) return;
+    var state = timers.get(el) || { last: 0, timer: null };
+    timers.set(el, state);
+    if (state.timer) return;
+    var wait = Math.max(0, state.last + REFRESH_EVERY_MS - Date.now());
+    state.timer = setTimeout(function () {
+      state.timer = null;
+      state.last = Date.now();
+      if (el.isConnected) htmx.trigger(el, "live-refresh");
+    }, wait);
+  }
+  function refreshListeners(event) {
+    document.querySelectorAll("[data-live-refresh]").forEach(function (el) {
+      if (el.dataset.liveRefresh.split(/\s+/).indexOf(event) >= 0) refresh(el);
+    });
+  }
+
+  // --- in-place updates -------------------------------------------------------------------
+  function fmt(name, value) {
+    if (value === null || value === undefined) return "∞";
+    if (name === "usd") return Number(value).toFixed(4);
+    if (name === "seconds") return Math.round(value).toString();
+    return Math.trunc(value).toLocaleString("en-US");
+  }
+  function setMeter(el, name, used, limit) {
+    var percent = 0, level = "none";
+    if (limit !== null && limit !== undefined) {
+      percent = limit ? Math.min(100, Math.round((100 * used) / limit)) : 100;
+      level = percent >= 100 ? "bad" : percent >= 80 ? "warn" : "ok";
+    }
+    el.classList.remove("level-ok", "level-warn", "level-bad", "level-none");
+    el.classList.add("level-" + level);
+    var bar = el.querySelector("i");
+    if (bar) bar.style.width = percent + "%";
+    var value = el.querySelector(".meter-value");
+    var text = fmt(name, used) + " / " + fmt(name, limit);
+    if (value) value.textContent = text;
+    el.dataset.used = used;
+    el.dataset.limit = limit === null || limit === undefined ? "" : limit;
+    if (el.classList.contains("minibar")) el.title = name.replace("_", " ") + ": " + text;
+  }
+  function updateMeters(container, payload) {
+    Object.keys(BUDGETS).forEach(function (name) {
+      var el = container.querySelector('[data-meter="' + name + '"]');
+      if (el) setMeter(el, name, payload.usage[name], payload.budgets[BUDGETS[name]]);
+    });
+  }
+  function statusLabel(status) {
+    return { running: "Running", waiting_approval: "Waiting for approval", succeeded: "Succeeded",
+             failed: "Failed", stopped: "Stopped" }[status] || status;
+  }
+
+  function onRunUpdated(payload) {
+    var id = String(payload.id);
+    document.querySelectorAll('[data-run-meters="' + id + '"]').forEach(function (el) {
+      updateMeters(el, payload);
+      if (payload.status !== "running" && payload.status !== "waiting_approval") {
+        el.removeAttribute("data-active");
+      }
+    });
+    var row = document.getElementById("run-" + id);
+    if (row) {
+      var status = row.querySelector('[data-field="status"]');
+      if (status) {
+        status.textContent = statusLabel(payload.status);
+        status.className = "status status-" + payload.status;
+      }
+      var reason = row.querySelector('[data-field="stop_reason"]');
+      if (reason) reason.textContent = payload.stop_reason || "";
+      updateMeters(row, payload);
+    } else {
+      var table = document.querySelector("[data-live-runs][data-first-page]");
+      if (table) refresh(table);
+    }
+    var header = document.getElementById("run-header");
+    if (header && header.dataset.runId === id && header.dataset.liveStatus !== payload.status) {
+      refresh(header);
+    }
+    var tail = document.getElementById("timeline-tail");
+    if (tail && document.getElementById("timeline").dataset.runId === id) refresh(tail);
+  }
+
+  function onKillSwitch(payload) {
+    var banner = document.getElementById("killswitch-banner");
+    if (!banner) return;
+    ["mode", "reason", "set_by"].forEach(function (field) {
+      var el = banner.querySelector('[data-field="' + field + '"]');
+      if (el) el.textContent = payload[field] || "";
+    });
+    banner.hidden = payload.mode === "off";
+  }
+
+  function ids(payload) {
+    return payload.ids || (payload.id !== undefined ? [payload.id] : []);
+  }
+  function updateQueueCount() {
+    var queue = document.getElementById("approval-queue");
+    var count = document.getElementById("pending-count");
+    if (!queue) return;
+    var open = queue.querySelectorAll(".approval:not(.gone)").length;
+    if (count) count.textContent = open;
+    var empty = document.getElementById("queue-empty");
+    if (empty) empty.hidden = open > 0;
+  }
+  function onApprovalsRemoved(payload) {
+    ids(payload).forEach(function (id) {
+      var card = document.getElementById("approval-" + id);
+      if (!card) return;
+      if (card.classList.contains("settled")) {
+        setTimeout(function () { card.remove(); updateQueueCount(); }, 5000);
+        return;
+      }
+      card.classList.add("gone");
+      card.querySelectorAll("form").forEach(function (f) { f.remove(); });
+      var note = document.createElement("p");
+      note.className = "note";
+      note.setAttribute("role", "status");
+      note.textContent = "Decided elsewhere" + (payload.status ? " (" + payload.status + ")" : "") + ".";
+      card.appendChild(note);
+      setTimeout(function () { card.remove(); updateQueueCount(); }, 3000);
+    });
+    updateQueueCount();
+  }
+  function onApprovalsAdded() {
+    var queue = document.getElementById("approval-queue");
+    if (!queue || !window.htmx) return;
+    var newest = 0;
+    queue.querySelectorAll("[data-approval-id]").forEach(function (card) {
+      newest = Math.max(newest, Number(card.dataset.approvalId));
+    });
+    var url = queue.dataset.url + "?newer_than=" + newest;
+    if (!queue.dataset.fetching) {
+      queue.dataset.fetching = "1";
+      htmx.ajax("GET", url, { target: queue, swap: "beforeend" }).then(function () {
+        delete queue.dataset.fetching;
+        updateQueueCount();
+      }, function () { delete queue.dataset.fetching; });
+    }
+  }
+  function onApprovalsChanged(payload) {
+    ids(payload).forEach(function (id) {
+      var progress = document.getElementById("approval-" + id + "-progress");
+      if (progress) refresh(progress);
+    });
+  }
+
+  function dispatch(message) {
+    var event = message.event, payload = message.payload || {};
+    if (event === "run.updated") onRunUpdated(payload);
+    else if (event === "killswitch.changed") onKillSwitch(payload);
+    else if (event === "approvals.removed") onApprovalsRemoved(payload);
+    else if (event === "approvals.added") onApprovalsAdded(payload);
+    else if (event === "approvals.changed") onApprovalsChanged(payload);
+    if (event !== "hello" && event !== "pong") refreshListeners(event);
+    body.dispatchEvent(new CustomEvent("live:" + event, { detail: payload }));
+  }
+
+  // After a reconnect events may have been missed: refresh what can be refreshed.
+  function resync() {
+    document.querySelectorAll("[data-live-refresh], [data-live-runs][data-first-page]").forEach(refresh);
+    onApprovalsAdded();
+  }
+
+  // --- the socket -------------------------------------------------------------------------
+  var notice = document.getElementById("live-status");
+  var attempts = 0, socket = null, everConnected = false, pingTimer = null;
+
+  function connect() {
+    var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    var url = scheme + location.host + body.dataset.liveUrl +
+      "?topics=" + encodeURIComponent(body.dataset.liveTopics || "killswitch");
+    socket = new WebSocket(url);
+    socket.onopen = function () {
+      attempts = 0;
+      if (notice) notice.hidden = true;
+      body.dataset.live = "connected";
+      if (everConnected) resync();
+      everConnected = true;
+      clearInterval(pingTimer);
+      pingTimer = setInterval(function () {
+        if (socket.readyState === WebSocket.OPEN) socket.send('{"type":"ping"}');
+      }, 25000);
+    };
+    socket.onmessage = function (message) {
+      try { dispatch(JSON.parse(message.data)); } catch (error) { console.error(error); }
+    };
+    socket.onclose = function (event) {
+      clearInterval(pingTimer);
+      body.dataset.live = "disconnected";
+      if (notice) {
+        notice.textContent = event.code === 4403
+          ? "Live updates refused (your session or role changed) — retrying; reload to log in again."
+          : "Live updates disconnected — reconnecting…";
+        notice.hidden = false;
+      }
+      attempts += 1;
+      var delay = Math.min(MAX_BACKOFF_MS, 500 * Math.pow(2, attempts - 1));
+      setTimeout(connect, delay / 2 + Math.random() * delay / 2);
+    };
+  }
+
+  // --- clocks: time left on approvals, seconds used by active runs ---------------------------
+  function tick() {
+    var now = Date.now();
+    document.querySelectorAll("[data-expires-at]").forEach(function (el) {
+      var left = Math.max(0, Math.round((Date.parse(el.dataset.expiresAt) - now) / 1000));
+      var m = Math.floor(left / 60), s = left % 60;
+      el.textContent = left <= 0 ? "expired" : (m ? m + "m " + String(s).padStart(2, "0") + "s" : s + "s") + " left";
+      el.classList.toggle("bad", left < 60);
+    });
+    document.querySelectorAll("[data-run-meters][data-active]").forEach(function (el) {
+      var meter = el.querySelector('[data-meter="seconds"]');
+      if (!meter) return;
+      var seconds = (now - Date.parse(el.dataset.startedAt)) / 1000;
+      var limit = meter.dataset.limit === "" ? null : Number(meter.dataset.limit);
+      setMeter(meter, "seconds", Math.max(0, seconds), limit);
+    });
+  }
+
+  connect();
+  setInterval(tick, 1000);
+})();
