@@ -535,6 +535,7 @@ def _decide(
             counted=False,
             created_at=now,
         )
+        _no_approval(tool_call)
         _run_event(run, EventKind.TOOL_CALL, _call_data(tool_call), tool_call)
         _stop_run(run, reason, detail)
         return tool_call
@@ -554,6 +555,8 @@ def _decide(
         cost_usd=rule.cost_usd,
         created_at=now,
     )
+    if decision == Decision.ALLOW:
+        _no_approval(tool_call)
     before = _usage_fractions(run)
     run.tool_calls += 1
     run.usd += rule.cost_usd
@@ -603,6 +606,11 @@ def _decide(
     run.save(update_fields=fields)
     _broadcast_run(run)
     return tool_call
+
+
+def _no_approval(tool_call: ToolCall) -> None:
+    """Remember that a fresh call has no approval request, so answering it costs no query."""
+    ToolCall.approval.related.set_cached_value(tool_call, None)
 
 
 BUDGET_WARNING_FRACTION = 0.8

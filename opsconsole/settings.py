@@ -127,10 +127,24 @@ TEMPLATES = [
 DATABASE_URL = env_str("DATABASE_URL")
 DB_CONNECT_TIMEOUT = env_int("OPSCONSOLE_DB_CONNECT_TIMEOUT", 3)
 if DATABASE_URL:
-    _database = dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+    _database = dj_database_url.parse(DATABASE_URL)
     if _database["ENGINE"] == "django.db.backends.postgresql":
-        # A dead database must turn into a quick 503, never a hung agent.
-        _database.setdefault("OPTIONS", {})["connect_timeout"] = DB_CONNECT_TIMEOUT
+        # Under ASGI every request runs in its own thread, so persistent per-thread connections
+        # would pile up; a per-process psycopg pool hands connections back after each request.
+        # A dead database must turn into a quick 503, never a hung agent: short connect and
+        # pool timeouts.
+        _database["CONN_MAX_AGE"] = 0
+        _database.setdefault("OPTIONS", {}).update(
+            {
+                "connect_timeout": DB_CONNECT_TIMEOUT,
+                "pool": {
+                    "min_size": env_int("OPSCONSOLE_DB_POOL_MIN", 2),
+                    "max_size": env_int("OPSCONSOLE_DB_POOL_MAX", 32),
+                    # How long a request may queue for a free connection before it is a 503.
+                    "timeout": env_int("OPSCONSOLE_DB_POOL_TIMEOUT", 10),
+                },
+            }
+        )
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     _database = {
