@@ -7,6 +7,7 @@ no number of parallel requests can push a counter past its budget.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -47,6 +48,8 @@ from opsconsole.live import broadcast, group_for
 from opsconsole.models import KillSwitchMode
 from opsconsole.notifications import notify
 
+AGENT_NAME = re.compile(r"[-a-zA-Z0-9_]{1,100}")
+
 # --- agents and keys --------------------------------------------------------------------------
 
 
@@ -54,6 +57,11 @@ def agent_create(
     *, name: str, actor: str, description: str = "", tools: list[str] | None = None
 ) -> Agent:
     """Create an agent; ``tools`` (if given) becomes its own allowlist in a new policy version."""
+    if not AGENT_NAME.fullmatch(name or ""):
+        raise Invalid(
+            "An agent name is 1-100 letters, digits, '-' or '_' (e.g. support-bot).",
+            code="invalid_name",
+        )
     with transaction.atomic():
         if Agent.objects.filter(name=name).exists():
             raise Conflict(f"An agent named {name!r} already exists.", code="agent_exists")

@@ -660,3 +660,14 @@ def test_an_allow_decision_takes_a_fixed_number_of_queries(agent, start_run):
         if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))
     ]
     assert len(statements) == 9, "\n".join(statements)
+
+
+@pytest.mark.parametrize("name", ["", "my bot", "x" * 101, "bot/1"])
+def test_an_agent_name_the_policy_could_not_address_is_refused(db, name):
+    from agents.models import Agent
+    from agents.services import agent_create
+    from opsconsole.errors import Invalid
+
+    with pytest.raises(Invalid):
+        agent_create(name=name, actor="system")
+    assert not Agent.objects.exists()
