@@ -1,13 +1,21 @@
-"""The kill switch and per-user API tokens."""
+"""The kill switch, people and their API tokens."""
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from opsconsole import keys
+from opsconsole import keys, roles
 from opsconsole.audit import audit_record
-from opsconsole.errors import Invalid
+from opsconsole.errors import Conflict, Invalid, NotFound
 from opsconsole.live import broadcast, group_for
 from opsconsole.models import KillSwitch, KillSwitchMode, UserToken
 from opsconsole.notifications import notify
@@ -74,3 +82,80 @@ def user_token_issue(*, user, actor: str, label: str = "") -> tuple[UserToken, s
             after={"token": token.prefix, "label": label},
         )
     return token, raw
+
+
+@dataclass
+class Credentials:
+    """What a new or reset person receives once: only hashes are kept."""
+
+    user: Any
+    password: str
+    token: str
+    created: bool
+    tokens_revoked: int
+
+
+def user_set_role(*, user, role: str) -> None:
+    """One role group per person; the roles nest, so the highest one is all they need."""
+    roles.ensure_groups()
+    user.groups.remove(*Group.objects.filter(name__in=roles.ROLES))
+    user.groups.add(Group.objects.get(name=role))
+    user.__dict__.pop("_opsconsole_rank", None)
+
+
+def user_create(
+    *, username: str, role: str, actor: str, email: str = "", reset: bool = False
+) -> Credentials:
+    """Create a person in a role with a generated password and an API token.
+
+    With ``reset`` the person must exist: new password, new token (earlier tokens revoked), role.
+    """
+    if role not in roles.ROLES:
+        raise Invalid(f"role must be one of {', '.join(roles.ROLES)}.", code="invalid_role")
+    user_model = get_user_model()
+    try:
+        user_model.username_validator(username)
+    except ValidationError as exc:
+        raise Invalid(
+            f"{username!r} is not a valid username: {' '.join(exc.messages)}", code="invalid_user"
+        ) from None
+    if email:
+        try:
+            validate_email(email)
+        except ValidationError:
+            raise Invalid(
+                f"{email!r} is not a valid email address.", code="invalid_email"
+            ) from None
+    password = secrets.token_urlsafe(24)
+    with transaction.atomic():
+        user = user_model.objects.select_for_update().filter(username=username).first()
+        if user is None and reset:
+            raise NotFound(f"There is no user {username!r} to reset.", code="no_such_user")
+        if user is not None and not reset:
+            raise Conflict(f"A user named {username!r} already exists.", code="user_exists")
+        revoked = 0
+        if user is None:
+            user = user_model.objects.create_user(username=username, email=email, password=password)
+            before = None
+        else:
+            before = {"role": roles.role_of(user), "email": user.email}
+            user.set_password(password)
+            if email:
+                user.email = email
+            user.save()
+            revoked = UserToken.objects.filter(user=user, revoked_at__isnull=True).update(
+                revoked_at=timezone.now()
+            )
+        user_set_role(user=user, role=role)
+        audit_record(
+            actor=actor,
+            action="user.reset" if reset else "user.create",
+            target_type="user",
+            target_id=username,
+            before=before,
+            after={"role": role, "email": user.email, "tokens_revoked": revoked},
+        )
+        _, raw_token = user_token_issue(user=user, actor=actor, label="cli")
+    return Credentials(
+        user=user, password=password, token=raw_token, created=not reset, tokens_revoked=revoked
+    )
