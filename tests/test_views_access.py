@@ -80,7 +80,11 @@ def test_login_and_logout_with_the_real_forms(oncall):
     token = page.cookies["csrftoken"].value
     response = client.post(
         reverse("login"),
-        {"username": oncall.user.username, "password": oncall.password, "csrfmiddlewaretoken": token},
+        {
+            "username": oncall.user.username,
+            "password": oncall.password,
+            "csrfmiddlewaretoken": token,
+        },
     )
     assert response.status_code == 302
     assert response["Location"] == reverse("overview")

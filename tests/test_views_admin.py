@@ -75,9 +75,11 @@ def test_an_admin_changes_the_switch_only_after_confirming_what_it_does(
 
 def test_stop_all_confirmation_says_the_runs_stop_now(admin, start_run):
     start_run()
-    page = logged_in(admin).post(
-        reverse("kill_switch"), {"mode": "stop_all", "reason": "runaway"}
-    ).content.decode()
+    page = (
+        logged_in(admin)
+        .post(reverse("kill_switch"), {"mode": "stop_all", "reason": "runaway"})
+        .content.decode()
+    )
     assert "1 active run will stop now" in page
 
 
@@ -272,7 +274,9 @@ def test_import_by_upload_and_export_round_trip(admin, oncall):
         reverse("policy:edit"), {"file": upload, "reason": "round trip"}
     )
     assert response.status_code == 302
-    assert PolicyVersion.objects.get(number=2).document == PolicyVersion.objects.get(number=1).document
+    assert (
+        PolicyVersion.objects.get(number=2).document == PolicyVersion.objects.get(number=1).document
+    )
     again = logged_in(oncall).get(reverse("policy:export"), {"version": 2})
     assert again.content == exported.content
 
@@ -391,8 +395,7 @@ def test_only_admins_change_the_policy(request, persona):
     assert client.post(reverse("policy:restore", args=[1]), {"reason": "x"}).status_code == 403
     assert client.post(reverse("policy:budgets"), {"reason": "x"}).status_code == 403
     assert (
-        client.post(reverse("policy:tool_new"), {"name": "a.get", "reason": "x"}).status_code
-        == 403
+        client.post(reverse("policy:tool_new"), {"name": "a.get", "reason": "x"}).status_code == 403
     )
     assert PolicyVersion.objects.count() == 1
 

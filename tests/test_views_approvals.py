@@ -124,7 +124,9 @@ def test_approving_in_place_with_htmx_answers_with_the_settled_card(reviewer, pe
     response = decide(logged_in(reviewer), approval.pk, "approve", HTTP_HX_REQUEST="true")
     body = response.content.decode()
     assert response.status_code == 200
-    assert body.lstrip().startswith(f'<article class="card approval settled" id="approval-{approval.pk}"')
+    assert body.lstrip().startswith(
+        f'<article class="card approval settled" id="approval-{approval.pk}"'
+    )
     assert "the waiting agent has its answer" in body
     assert "<html" not in body
 
@@ -242,7 +244,11 @@ def test_the_progress_fragment_and_the_badge(reviewer, pending):
         {"fragment": "progress"},
         HTTP_HX_REQUEST="true",
     )
-    assert progress.content.decode().lstrip().startswith(f'<div class="progress" id="approval-{approval.pk}-progress"')
+    assert (
+        progress.content.decode()
+        .lstrip()
+        .startswith(f'<div class="progress" id="approval-{approval.pk}-progress"')
+    )
     assert b"1 of 2 reviewers" in progress.content
     badge = client.get(reverse("approvals:badge"))
     assert b">1</span>" in badge.content

@@ -109,9 +109,7 @@ def test_a_garbled_cursor_gives_the_first_page(oncall, agent):
     assert len(response.context["runs"]) == 3
 
 
-def test_the_list_costs_the_same_queries_for_5_or_50_runs(
-    oncall, agent, django_assert_num_queries
-):
+def test_the_list_costs_the_same_queries_for_5_or_50_runs(oncall, agent, django_assert_num_queries):
     client = logged_in(oncall)
     bulk_runs(agent.agent, 5)
     client.get(reverse("runs:list"))  # warm the session
@@ -145,7 +143,14 @@ def test_the_detail_shows_the_trace_meters_policy_and_explained_stop(
     run = start_run(task="look something up")
     agent.api.post_json(
         f"/api/v1/runs/{run['id']}/steps",
-        {"kind": "llm", "model": "m-1", "tokens_in": 100, "tokens_out": 20, "usd": "0.01", "latency_ms": 300},
+        {
+            "kind": "llm",
+            "model": "m-1",
+            "tokens_in": 100,
+            "tokens_out": 20,
+            "usd": "0.01",
+            "latency_ms": 300,
+        },
     )
     call = agent.api.post_json(
         f"/api/v1/runs/{run['id']}/tool-calls", {"tool": "kb.read", "args": {"q": "refunds"}}
@@ -194,7 +199,10 @@ def test_a_long_trace_is_paged_by_event_id(oncall, agent, start_run):
     assert "<html" not in rest.content.decode()
     assert 'id="timeline-tail"' in rest.content.decode()
     latest = client.get(reverse("runs:detail", args=[run["id"]]), {"latest": "1"})
-    assert latest.context["events"][-1].pk == TraceEvent.objects.filter(run_id=run["id"]).latest("id").pk
+    assert (
+        latest.context["events"][-1].pk
+        == TraceEvent.objects.filter(run_id=run["id"]).latest("id").pk
+    )
     assert latest.context["more_before"]
 
 
