@@ -46,14 +46,14 @@ def test_people_without_a_role_are_refused_every_page(outsider, page):
 
 @pytest.mark.parametrize("page", ONCALL_PAGES)
 @pytest.mark.parametrize("persona", ["oncall", "reviewer", "admin"])
-def test_every_role_sees_the_pages_for_on_call(request, page, persona):
+def test_every_role_sees_the_pages_for_on_call(db, request, page, persona):
     response = logged_in(request.getfixturevalue(persona)).get(reverse(page))
     assert response.status_code == 200
 
 
 @pytest.mark.parametrize("page", ADMIN_PAGES)
 @pytest.mark.parametrize("persona", ["oncall", "reviewer"])
-def test_admin_pages_are_refused_to_on_call_and_reviewers(request, page, persona):
+def test_admin_pages_are_refused_to_on_call_and_reviewers(db, request, page, persona):
     response = logged_in(request.getfixturevalue(persona)).get(reverse(page))
     assert response.status_code == 403
 

@@ -112,7 +112,7 @@ def test_an_unknown_mode_is_a_form_error(admin):
 
 
 @pytest.mark.parametrize("persona", ["oncall", "reviewer", "outsider"])
-def test_only_admins_change_the_switch(request, persona):
+def test_only_admins_change_the_switch(db, request, persona):
     response = logged_in(request.getfixturevalue(persona)).post(
         reverse("kill_switch"),
         {"mode": "stop_all", "reason": "x", "confirmed": "True", "from_mode": "off"},
@@ -388,7 +388,7 @@ def test_restoring_a_version_makes_a_new_one(admin, publish_policy):
 
 
 @pytest.mark.parametrize("persona", ["oncall", "reviewer", "outsider"])
-def test_only_admins_change_the_policy(request, persona):
+def test_only_admins_change_the_policy(db, request, persona):
     client = logged_in(request.getfixturevalue(persona))
     text = dump_yaml(policy_current().document)
     assert client.post(reverse("policy:edit"), {"yaml": text, "reason": "x"}).status_code == 403

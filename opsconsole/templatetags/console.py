@@ -15,6 +15,8 @@ from opsconsole.context_processors import console_state as _console_state
 
 register = template.Library()
 
+# Up to this a value is shown on one line.
+INLINE_CHARS = 120
 # Beyond this a value is folded away behind a <details> summary.
 COLLAPSE_CHARS = 240
 # Beyond this only the beginning is shown at all (the trace keeps the whole value).
@@ -94,7 +96,10 @@ def console_state(context: template.Context):
 
 @register.simple_tag
 def json_block(value: Any, label: str = "value") -> str:
-    """A JSON value as a <pre>; large ones fold away behind a summary with their size."""
+    """A JSON value: short ones on one line, long ones in a <pre>, large ones folded away."""
+    compact = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    if len(compact) <= INLINE_CHARS:
+        return format_html('<code class="json-inline">{}</code>', compact)
     text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
     size = len(text.encode())
     shown = text
