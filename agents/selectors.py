@@ -72,7 +72,7 @@ from django.db.models import Count, Min, Prefetch, Q  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from agents import stop_reasons  # noqa: E402
-from agents.models import ACTIVE_STATUSES, AgentKey, TraceEvent  # noqa: E402
+from agents.models import ACTIVE_STATUSES, AgentKey, ToolBreaker, TraceEvent  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -288,3 +288,8 @@ def kill_switch_impact(*, mode: str) -> KillSwitchImpact:
         dark_tools=dark,
         runs_stop_now=mode == "stop_all",
     )
+
+
+def tool_breakers() -> dict[str, ToolBreaker]:
+    """Each tool's circuit breaker by tool name (tools that never reported a result have none)."""
+    return {breaker.tool: breaker for breaker in ToolBreaker.objects.all()}

@@ -285,7 +285,11 @@ def policy_current(request: HttpRequest) -> HttpResponse:
     policy = selectors.policy_current()
     document = policy.document
     tools = sorted(set(document["tools"]["allow"]) | set(document["tools"]["definitions"]))
-    rules = [(name, name in document["tools"]["allow"], policy.tool_rule(name)) for name in tools]
+    breakers = selectors.tool_breakers()
+    rules = [
+        (name, name in document["tools"]["allow"], policy.tool_rule(name), breakers.get(name))
+        for name in tools
+    ]
     return render(
         request,
         "policy/current.html",

@@ -474,3 +474,12 @@ def test_the_overview_shows_running_runs_pending_approvals_switch_and_stops(
 def test_the_overview_fragment_refreshes_alone(oncall):
     response = logged_in(oncall).get(reverse("overview"), HTTP_HX_REQUEST="true")
     assert response.content.decode().lstrip().startswith('<div id="overview-stats"')
+
+
+def test_the_policy_page_shows_each_tools_breaker(oncall):
+    from agents.models import ToolBreaker
+
+    ToolBreaker.objects.create(tool="http.get", state="open", failure_rate=0.8)
+    page = logged_in(oncall).get(reverse("policy:current")).content.decode()
+    row = page.split('id="tool-http.get"')[1].split("</tr>")[0]
+    assert 'class="bad" title="failure rate 0.80">Open</span>' in row
