@@ -175,13 +175,14 @@ def _agent_page(request: HttpRequest, name: str, **extra) -> HttpResponse:
     except NotFound as error:
         raise _not_found(error) from None
     status = extra.pop("status", 200)
+    policy = selectors.policy_current()
     context = {
         "agent": agent,
         "keys": agent.keys.order_by("-created_at", "-id"),
         "key_form": KeyIssueForm(),
         "enable_form": AgentEnableForm(initial={"enabled": "0" if agent.enabled else "1"}),
-        "policy_rule": selectors.policy_current().document["agents"].get(agent.name),
-        "allowed_tools": selectors.policy_current().allowed_tools(agent.name),
+        "policy_rule": policy.document["agents"].get(agent.name),
+        "allowed_tools": policy.allowed_tools(agent.name),
         **extra,
     }
     response = render(request, "agents/detail.html", context, status=status)

@@ -77,8 +77,11 @@ def card(request: HttpRequest, request_id: int) -> HttpResponse:
     approval = selectors.approval_card(request_id=request_id)
     if approval is None:
         raise Http404(f"No approval request {request_id}.")
-    part = "progress" if request.htmx and request.GET.get("fragment") == "progress" else "card"
-    return render(request, f"approvals/card.html#{part}", _card_context(request, approval))
+    context = _card_context(request, approval)
+    if not request.htmx:
+        return render(request, "approvals/card_page.html", context)
+    part = "progress" if request.GET.get("fragment") == "progress" else "card"
+    return render(request, f"approvals/card.html#{part}", context)
 
 
 @role_required(roles.REVIEWER)

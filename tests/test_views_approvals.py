@@ -303,3 +303,13 @@ def test_history_pages_by_decision_time(reviewer, pending):
         views.HISTORY_PAGE_SIZE = original
     seen = [a.pk for a in first.context["approvals"]] + [a.pk for a in second.context["approvals"]]
     assert seen == list(reversed(ids))
+
+
+def test_a_decided_request_has_its_own_page(oncall, reviewer, pending):
+    _, _, approval = pending()
+    decide(logged_in(reviewer), approval.pk, "reject", "not this one")
+    response = logged_in(oncall).get(reverse("approvals:card", args=[approval.pk]))
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "<html" in page and "Rejected" in page and "not this one" in page
+    assert logged_in(oncall).get(reverse("approvals:card", args=[999999])).status_code == 404

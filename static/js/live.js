@@ -1,4 +1,5 @@
 /* Live updates for the console: one websocket per page, reconnecting by itself.
+ * (data-live-throttle="<ms>" on an element slows its refreshes; the default is one a second.)
  *
  * The socket carries small JSON events ({event, payload}); the page either updates numbers in
  * place (meters, statuses, the kill-switch banner) or asks the server for a fresh fragment with
@@ -36,7 +37,8 @@
     var state = timers.get(el) || { last: 0, timer: null };
     timers.set(el, state);
     if (state.timer) return;
-    var wait = Math.max(0, state.last + REFRESH_EVERY_MS - Date.now());
+    var every = Number(el.dataset.liveThrottle) || REFRESH_EVERY_MS;
+    var wait = Math.max(0, state.last + every - Date.now());
     state.timer = setTimeout(function () {
       state.timer = null;
       state.last = Date.now();
@@ -149,7 +151,9 @@
       var note = document.createElement("p");
       note.className = "note";
       note.setAttribute("role", "status");
-      note.textContent = "Decided elsewhere" + (payload.status ? " (" + payload.status + ")" : "") + ".";
+      note.textContent = payload.status
+        ? "Decided elsewhere (" + payload.status + ")."
+        : "Closed: its run ended.";
       card.appendChild(note);
       setTimeout(function () { card.remove(); updateQueueCount(); }, 3000);
     });
