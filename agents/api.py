@@ -37,6 +37,7 @@ from opsconsole.api_errors import UNAVAILABLE
 from opsconsole.audit import actor_name
 from opsconsole.authentication import IsAgent, IsOncall, authenticate_bearer, is_agent
 from opsconsole.errors import NotFound
+from opsconsole.limits import RunCreateRateThrottle, ToolCallRateThrottle, check_args_size
 
 logger = logging.getLogger("opsconsole.api")
 
@@ -51,6 +52,7 @@ def _valid(serializer_class, request: Request) -> dict:
 
 class RunCreateView(APIView):
     permission_classes = [IsAgent]
+    throttle_classes = [RunCreateRateThrottle]
 
     @extend_schema(
         request=RunCreateSerializer,
@@ -117,6 +119,7 @@ class StepCreateView(APIView):
 
 class ToolCallCreateView(APIView):
     permission_classes = [IsAgent]
+    throttle_classes = [ToolCallRateThrottle]
 
     @extend_schema(
         request=ToolCallCreateSerializer,
@@ -126,6 +129,7 @@ class ToolCallCreateView(APIView):
     )
     def post(self, request: Request, run_id: int) -> Response:
         data = _valid(ToolCallCreateSerializer, request)
+        check_args_size(data.get("args"))
         tool_call = services.tool_call_decide(
             agent=request.user,
             run_id=run_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -188,6 +189,21 @@ CELERY_TASK_SOFT_TIME_LIMIT = 30
 CELERY_TASK_TIME_LIMIT = 60
 CELERY_TIMEZONE = "UTC"
 
+# The cache holds rate-limit counters: Redis when configured (shared by every worker and machine),
+# else this process's memory (the embedded default is one process). Short socket timeouts: a
+# dead Redis must cost a request milliseconds, not seconds (rate limiting then fails open).
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "opsconsole",
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 # --- Auth -----------------------------------------------------------------------------------
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -223,7 +239,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["opsconsole.authentication.BearerKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["opsconsole.limits.JSONParser"],
     "EXCEPTION_HANDLER": "opsconsole.api_errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
@@ -241,6 +257,30 @@ SPECTACULAR_SETTINGS = {
 }
 # Requests larger than this are refused with 413 before they are parsed.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("OPSCONSOLE_MAX_BODY_BYTES", 1_048_576)
+
+
+def env_rate(name: str, default: str) -> str | None:
+    """A rate such as ``600/min`` (periods: s, min, h, day); ``off`` disables the limit."""
+    raw = os.environ.get(name, "").strip().lower() or default
+    if raw in {"off", "none", "0"}:
+        return None
+    if not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", raw):
+        raise ImproperlyConfigured(f"{name} must look like 600/min or be off, not {raw!r}")
+    return raw
+
+
+# Per-agent rate limits (opsconsole/limits.py): over the limit is a 429 with Retry-After.
+OPSCONSOLE_RATE_LIMITS = {
+    "runs": env_rate("OPSCONSOLE_RATE_RUNS", "60/min"),
+    "tool_calls": env_rate("OPSCONSOLE_RATE_TOOL_CALLS", "600/min"),
+}
+OPSCONSOLE_RATE_LIMIT_CACHE = "default"
+# A tool call's arguments larger than this (as JSON) are refused with 413 args_too_large.
+OPSCONSOLE_MAX_ARGS_BYTES = env_int("OPSCONSOLE_MAX_ARGS_BYTES", 65_536)
+# Web login: this many failed sign-ins per username (or per client address, times four) within
+# the window lock further attempts out until the window ends (opsconsole/login.py).
+OPSCONSOLE_LOGIN_MAX_FAILURES = env_int("OPSCONSOLE_LOGIN_MAX_FAILURES", 5)
+OPSCONSOLE_LOGIN_WINDOW_SECONDS = env_int("OPSCONSOLE_LOGIN_WINDOW_SECONDS", 900)
 # The longest a client may long-poll a pending approval.
 OPSCONSOLE_MAX_WAIT_SECONDS = 30
 # Extra time a silent run gets past its max_seconds before the reaper stops it.

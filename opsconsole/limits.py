@@ -1,0 +1,186 @@
+"""Abuse limits for the agent API: per-agent rate limits and the size cap on tool arguments.
+
+Rate limits are DRF throttles (the 429 and its ``Retry-After`` come from DRF and the API's error
+handler). The counting differs from DRF's stock ``SimpleRateThrottle``, which reads a list of
+timestamps, appends and writes it back: parallel requests from many workers all read the same
+list and all pass, and a burst is exactly what a limit is for. Here each window is one counter
+bumped with the cache's atomic ``incr`` (``INCR`` in Redis), so the limit holds across processes
+and machines. The window is fixed (``<n>/<period>`` per period, aligned on the clock).
+
+The limit **fails open**: when the cache (Redis) cannot be reached the request is allowed and a
+warning is logged. Rate limiting protects the control plane from load; the control plane's own
+decisions (budgets, allowlist, approvals, kill switch) keep every call bounded, and the gateway
+must keep deciding when Redis is down (issue 5, faults). After a cache failure the limiter
+skips the cache for a few seconds, so a black-holed Redis does not add a timeout to every call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import caches
+from django.db import connection
+from rest_framework import exceptions, parsers
+from rest_framework.throttling import SimpleRateThrottle
+
+from opsconsole.errors import ServiceError
+
+# The wall clock, a seam for tests (windows are aligned on it).
+_clock = time.time
+
+logger = logging.getLogger("opsconsole.limits")
+
+# After the cache fails, rate limiting is skipped (requests allowed) for this long.
+CACHE_RETRY_SECONDS = 5.0
+
+
+class _CacheHealth:
+    """Remembers a recent cache failure, per process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+
+    def usable(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def failed(self, exc: Exception) -> None:
+        with self._lock:
+            first = self.usable()
+            self._down_until = time.monotonic() + CACHE_RETRY_SECONDS
+        if first:
+            logger.warning(
+                "rate limiting is off for %.0f s: the cache cannot be reached (%s)",
+                CACHE_RETRY_SECONDS,
+                exc,
+            )
+
+    def reset(self) -> None:
+        with self._lock:
+            self._down_until = 0.0
+
+
+cache_health = _CacheHealth()
+
+
+def _agent_identity(agent: Any) -> str:
+    # The id alone can come back (a restored database, a rolled-back test): with the creation
+    # time, a new agent never inherits an old one's counters.
+    created = getattr(agent, "created_at", None)
+    return f"{agent.pk}.{int(created.timestamp() * 1_000_000) if created else 0}"
+
+
+class AgentRateThrottle(SimpleRateThrottle):
+    """``settings.OPSCONSOLE_RATE_LIMITS[scope]``, e.g. ``"600/min"``, per agent; ``None`` is off.
+
+    The rate is read per request (not at import, as DRF does), so it follows the settings.
+    """
+
+    scope = ""
+    cache_format = "throttle:%(db)s:%(scope)s:%(ident)s:%(window)d"
+
+    def __init__(self) -> None:
+        # SimpleRateThrottle reads the rate here; it is read per request in allow_request.
+        self.now = 0.0
+        self.window_ends = 0.0
+
+    def get_rate(self) -> str | None:
+        return settings.OPSCONSOLE_RATE_LIMITS.get(self.scope)
+
+    def allow_request(self, request: Any, view: Any) -> bool:
+        rate = self.get_rate()
+        agent = getattr(request, "user", None)
+        if not rate or agent is None or not getattr(agent, "pk", None):
+            return True
+        limit, period = self.parse_rate(rate)
+        self.now = _clock()
+        window = int(self.now // period)
+        self.window_ends = (window + 1) * period
+        key = self.cache_format % {
+            # Agent ids are per database: two deployments (or test runs) sharing one Redis
+            # must not share counters.
+            "db": connection.settings_dict.get("NAME", ""),
+            "scope": self.scope,
+            "ident": _agent_identity(agent),
+            "window": window,
+        }
+        if not cache_health.usable():
+            return True
+        cache = caches[settings.OPSCONSOLE_RATE_LIMIT_CACHE]
+        try:
+            # add() is a no-op when the window's counter exists; incr() is atomic.
+            cache.add(key, 0, timeout=period + 1)
+            count = cache.incr(key)
+        except ValueError:
+            # The counter expired between add() and incr(): this is the window's first call.
+            return True
+        except Exception as exc:  # noqa: BLE001 - any cache failure degrades to allowing
+            cache_health.failed(exc)
+            return True
+        return count <= limit
+
+    def wait(self) -> float:
+        return max(1, math.ceil(self.window_ends - self.now))
+
+
+class RunCreateRateThrottle(AgentRateThrottle):
+    scope = "runs"
+
+
+class ToolCallRateThrottle(AgentRateThrottle):
+    scope = "tool_calls"
+
+
+class ArgumentsTooLarge(ServiceError):
+    status = 413
+    code = "args_too_large"
+
+
+def check_args_size(args: Any) -> None:
+    """Refuse tool arguments over ``OPSCONSOLE_MAX_ARGS_BYTES`` (serialised as JSON) with 413."""
+    cap = settings.OPSCONSOLE_MAX_ARGS_BYTES
+    size = len(json.dumps(args, separators=(",", ":"), default=str).encode())
+    if size > cap:
+        raise ArgumentsTooLarge(
+            f"args are {size} bytes as JSON, over the cap of {cap}.",
+            extra={"limit_bytes": cap, "size_bytes": size},
+        )
+
+
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser, refusing bodies nested past ``MAX_JSON_DEPTH`` with a 400.
+
+    Python's decoder raises RecursionError (a 500) on very deep nesting, and moderately deep
+    documents would reach the recursion limit later, in schema validation or hashing.
+    """
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise exceptions.ParseError("JSON parse error - nested too deeply.") from None
+        if json_depth(data) > MAX_JSON_DEPTH:
+            raise exceptions.ParseError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels.")
+        return data
