@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class KillSwitchMode(models.TextChoices):
@@ -37,9 +38,16 @@ class KillSwitch(models.Model):
 
 
 class AuditEntry(models.Model):
-    """One human or policy action. Rows are only ever inserted (see opsconsole/audit.py)."""
+    """One human or policy action. Rows are only ever inserted (see opsconsole/audit.py).
 
-    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    The log is hash-chained: ``hash`` covers the row's content and ``prev_hash``, the hash of the
+    row before it, so changing, removing or reordering a row breaks the chain from there on
+    (``manage.py verify_audit`` finds it). Database triggers refuse UPDATE (and DELETE on
+    PostgreSQL; see migration 0004).
+    """
+
+    # Set before insert (not auto_now_add) because the hash covers it.
+    at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.CharField(max_length=200, help_text="user:<name>, agent:<name> or system")
     action = models.CharField(max_length=64, db_index=True)
     target_type = models.CharField(max_length=64)
@@ -47,6 +55,8 @@ class AuditEntry(models.Model):
     reason = models.TextField(blank=True)
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)
+    prev_hash = models.CharField(max_length=64, blank=True)
+    hash = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -54,6 +64,18 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action}"
+
+
+class AuditChainHead(models.Model):
+    """The end of the audit chain (a single row, id 1). Appending locks it, so concurrent
+    appends queue instead of forking the chain; ``length`` lets a removed last row be noticed."""
+
+    last_hash = models.CharField(max_length=64, blank=True)
+    last_entry_id = models.BigIntegerField(null=True, blank=True)
+    length = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"audit chain head: {self.length} rows"
 
 
 class UserToken(models.Model):
