@@ -1,0 +1,750 @@
+"""The Python client: fail closed on every doubt, and drive the real gateway end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agents.client import (
+    CONTROL_PLANE_UNAVAILABLE,
+    PROTOCOL_ERROR,
+    Budgets,
+    Gateway,
+    Interrupted,
+    Stop,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Impl:
+    """A tool implementation that counts its calls."""
+
+    def __init__(self, output: Any = None, error: Exception | None = None):
+        self.calls: list[dict[str, Any]] = []
+        self.output = output if output is not None else {"ok": True}
+        self.error = error
+
+    def __call__(self, args: dict[str, Any]) -> Any:
+        self.calls.append(args)
+        if self.error is not None:
+            raise self.error
+        return self.output
+
+
+# --- unit tests against a scripted gateway (httpx.MockTransport) ------------------------------
+
+
+def run_json(run_id: int = 7, status: str = "running", stop_reason: str | None = None) -> dict:
+    return {
+        "id": run_id,
+        "agent": "support-bot",
+        "status": status,
+        "stop_reason": stop_reason,
+        "budgets": {},
+        "usage": {"steps": 0, "tool_calls": 0, "tokens": 0, "usd": 0.0, "seconds": 0.0},
+    }
+
+
+def tool_call_json(decision: str = "allow", stop_reason: str | None = None, **extra) -> dict:
+    return {
+        "id": 11,
+        "tool": "search.read",
+        "decision": decision,
+        "stop_reason": stop_reason,
+        "detail": "",
+        "approval": None,
+        "run": run_json(),
+        **extra,
+    }
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class ScriptedGateway:
+    """Answers each route with a handler; by default everything goes well. Records requests."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.routes: dict[str, Handler] = {
+            "POST /api/v1/runs": lambda r: httpx.Response(201, json=run_json()),
+            "POST /api/v1/runs/7/steps": lambda r: httpx.Response(
+                200, json={"decision": "continue", "stop_reason": None, "run": run_json()}
+            ),
+            "POST /api/v1/runs/7/tool-calls": lambda r: httpx.Response(200, json=tool_call_json()),
+            "GET /api/v1/tool-calls/11": lambda r: httpx.Response(200, json=tool_call_json()),
+            "POST /api/v1/tool-calls/11/result": lambda r: httpx.Response(
+                200, json={"valid": True, "stop_reason": None, "errors": [], "run": run_json()}
+            ),
+            "POST /api/v1/runs/7/finish": lambda r: httpx.Response(
+                200, json=run_json(status="succeeded", stop_reason="ok")
+            ),
+        }
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        route = f"{request.method} {request.url.path}"
+        handler = self.routes.get(route)
+        if handler is None:
+            return httpx.Response(404, json={"error": "not_found", "detail": route})
+        return handler(request)
+
+    def sent(self, route: str) -> list[dict[str, Any]]:
+        method, path = route.split(" ", 1)
+        return [
+            json.loads(r.content) if r.content else {}
+            for r in self.requests
+            if r.method == method and r.url.path == path
+        ]
+
+    def gateway(self, **options) -> Gateway:
+        return Gateway(
+            "http://gateway.test", "aok_test", transport=httpx.MockTransport(self.handle), **options
+        )
+
+
+@pytest.fixture
+def scripted() -> ScriptedGateway:
+    return ScriptedGateway()
+
+
+def started_run(scripted: ScriptedGateway, **options):
+    return scripted.gateway(**options).run("answer a customer question")
+
+
+@pytest.mark.parametrize("status", [503, 500, 502])
+def test_a_5xx_on_a_tool_call_is_a_stop_and_the_tool_never_runs(scripted, status):
+    scripted.routes["POST /api/v1/runs/7/tool-calls"] = lambda r: httpx.Response(
+        status, json={"error": "control_plane_unavailable", "detail": "database down"}
+    )
+    impl = Impl()
+    run = started_run(scripted)
+
+    with pytest.raises(Stop) as stopped:
+        run.tool("search.read", {"q": "refunds"}, impl)
+
+    assert stopped.value.reason == CONTROL_PLANE_UNAVAILABLE
+    assert stopped.value.status_code == status
+    assert impl.calls == []
+    assert len(scripted.sent("POST /api/v1/runs/7/tool-calls")) == 1  # a 5xx is not retried
+
+
+def test_a_503_when_starting_a_run_is_a_stop(scripted):
+    scripted.routes["POST /api/v1/runs"] = lambda r: httpx.Response(503, text="Service Unavailable")
+
+    with pytest.raises(Stop) as stopped:
+        scripted.gateway().run("task")
+
+    assert stopped.value.reason == CONTROL_PLANE_UNAVAILABLE
+
+
+def test_an_answer_that_is_not_json_is_a_stop(scripted):
+    scripted.routes["POST /api/v1/runs/7/tool-calls"] = lambda r: httpx.Response(
+        200, text="<html>proxy error</html>", headers={"Content-Type": "text/html"}
+    )
+    impl = Impl()
+    run = started_run(scripted)
+
+    with pytest.raises(Stop) as stopped:
+        run.tool("search.read", {"q": "refunds"}, impl)
+
+    assert stopped.value.reason == PROTOCOL_ERROR
+    assert impl.calls == []
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        tool_call_json(decision="maybe"),
+        tool_call_json(decision="ALLOW"),
+        tool_call_json(decision=None),
+        tool_call_json(decision="stop", stop_reason=None),
+        tool_call_json(decision="allow", id=None),
+        tool_call_json(decision="allow", stop_reason="max_tool_calls"),
+        tool_call_json(decision="allow", tool="browser.open"),
+        tool_call_json(decision="allow", run=None),
+        tool_call_json(decision="pending_approval"),  # no approval, so no expiry to wait for
+        {"decision": "allow"},
+        [],
+    ],
+    ids=[
+        "unknown",
+        "wrong-case",
+        "missing",
+        "stop-without-reason",
+        "allow-without-id",
+        "allow-with-stop-reason",
+        "another-tool",
+        "no-run",
+        "pending-without-expiry",
+        "bare",
+        "not-an-object",
+    ],
+)
+def test_an_answer_it_cannot_interpret_is_a_stop_and_the_tool_never_runs(scripted, answer):
+    scripted.routes["POST /api/v1/runs/7/tool-calls"] = lambda r: httpx.Response(200, json=answer)
+    impl = Impl()
+    run = started_run(scripted)
+
+    with pytest.raises(Stop) as stopped:
+        run.tool("search.read", {"q": "refunds"}, impl)
+
+    assert stopped.value.reason == PROTOCOL_ERROR
+    assert impl.calls == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("eof")],
+    ids=["connect", "timeout", "dropped"],
+)
+def test_a_transport_error_is_a_stop_after_one_retry_with_the_same_key(scripted, error):
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    scripted.routes["POST /api/v1/runs/7/tool-calls"] = fail
+    impl = Impl()
+    run = started_run(scripted)
+
+    with pytest.raises(Stop) as stopped:
+        run.tool("search.read", {"q": "refunds"}, impl)
+
+    assert stopped.value.reason == CONTROL_PLANE_UNAVAILABLE
+    assert impl.calls == []
+    attempts = scripted.sent("POST /api/v1/runs/7/tool-calls")
+    assert len(attempts) == 2
+    assert attempts[0]["idempotency_key"] == attempts[1]["idempotency_key"]
+
+
+def test_a_lost_answer_is_retried_with_the_same_key_and_the_tool_runs_once(scripted):
+    lost = []
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if not lost:
+            lost.append(request)
+            raise httpx.ReadTimeout("answer lost")
+        return httpx.Response(200, json=tool_call_json())
+
+    scripted.routes["POST /api/v1/runs/7/tool-calls"] = flaky
+    impl = Impl(output={"hits": 3})
+    run = started_run(scripted)
+
+    assert run.tool("search.read", {"q": "refunds"}, impl) == {"hits": 3}
+
+    keys = [body["idempotency_key"] for body in scripted.sent("POST /api/v1/runs/7/tool-calls")]
+    assert len(keys) == 2 and keys[0] == keys[1]
+    assert impl.calls == [{"q": "refunds"}]
+
+
+def test_each_tool_call_gets_its_own_idempotency_key(scripted):
+    run = started_run(scripted)
+    run.tool("search.read", {"q": "a"}, Impl())
+    run.tool("search.read", {"q": "b"}, Impl())
+
+    keys = [body["idempotency_key"] for body in scripted.sent("POST /api/v1/runs/7/tool-calls")]
+    assert len(set(keys)) == 2
+
+
+def test_connection_refused_when_starting_a_run_is_a_stop():
+    gateway = Gateway("http://127.0.0.1:9", "aok_test", timeout=2)  # nothing listens on port 9
+
+    with pytest.raises(Stop) as stopped:
+        gateway.run("task")
+
+    assert stopped.value.reason == CONTROL_PLANE_UNAVAILABLE
+
+
+def test_a_stop_decision_raises_the_gateways_reason(scripted):
+    scripted.routes["POST /api/v1/runs/7/tool-calls"] = lambda r: httpx.Response(
+        200,
+        json=tool_call_json(
+            decision="stop", stop_reason="max_tool_calls", id=12, run=run_json(status="stopped")
+        ),
+    )
+    impl = Impl()
+    run = started_run(scripted)
+
+    with pytest.raises(Stop) as stopped, run:
+        run.tool("search.read", {"q": "refunds"}, impl)
+
+    assert stopped.value.reason == "max_tool_calls"
+    assert impl.calls == []
+    assert run.stop_reason == "max_tool_calls"
+    assert scripted.sent("POST /api/v1/runs/7/finish") == []  # already stopped: no finish
+
+
+def test_a_4xx_error_is_a_stop_named_by_its_code(scripted):
+    scripted.routes["POST /api/v1/runs"] = lambda r: httpx.Response(
+        401, json={"error": "unauthenticated", "detail": "Unknown or revoked key."}
+    )
+
+    with pytest.raises(Stop) as stopped:
+        scripted.gateway().run("task")
+
+    assert stopped.value.reason == "unauthenticated"
+    assert stopped.value.status_code == 401
+
+
+def test_a_refused_run_raises_the_stop_reason_of_the_409(scripted):
+    scripted.routes["POST /api/v1/runs"] = lambda r: httpx.Response(
+        409,
+        json={"error": "run_refused", "detail": "stop_all", "stop_reason": "kill_switch"},
+    )
+
+    with pytest.raises(Stop) as stopped:
+        scripted.gateway().run("task")
+
+    assert stopped.value.reason == "kill_switch"
+
+
+def test_a_4xx_without_the_error_shape_is_a_protocol_error(scripted):
+    scripted.routes["POST /api/v1/runs"] = lambda r: httpx.Response(404, text="Not Found")
+
+    with pytest.raises(Stop) as stopped:
+        scripted.gateway().run("task")
+
+    assert stopped.value.reason == PROTOCOL_ERROR
+
+
+def test_a_step_stop_decision_raises_stop(scripted):
+    scripted.routes["POST /api/v1/runs/7/steps"] = lambda r: httpx.Response(
+        200,
+        json={"decision": "stop", "stop_reason": "max_steps", "run": run_json(status="stopped")},
+    )
+    run = started_run(scripted)
+
+    with pytest.raises(Stop) as stopped:
+        run.step(model="m", tokens_in=10, tokens_out=2, usd=0.01)
+
+    assert stopped.value.reason == "max_steps"
+    assert scripted.sent("POST /api/v1/runs/7/steps") == [
+        {
+            "kind": "llm",
+            "model": "m",
+            "tokens_in": 10,
+            "tokens_out": 2,
+            "usd": "0.010000",
+            "latency_ms": 0,
+            "summary": "",
+        }
+    ]
+
+
+def test_step_costs_are_sent_with_the_six_decimals_the_gateway_accepts(scripted):
+    run = started_run(scripted)
+
+    run.step(usd=0.1 + 0.2)  # 0.30000000000000004
+    run.step(usd=Decimal("0.0000004"))
+
+    assert [body["usd"] for body in scripted.sent("POST /api/v1/runs/7/steps")] == [
+        "0.300000",
+        "0.000000",
+    ]
+    with pytest.raises(ValueError, match="finite"):
+        run.step(usd=float("nan"))
+
+
+def test_an_unknown_step_decision_is_a_stop(scripted):
+    scripted.routes["POST /api/v1/runs/7/steps"] = lambda r: httpx.Response(
+        200, json={"decision": "carry_on", "stop_reason": None, "run": run_json()}
+    )
+    run = started_run(scripted)
+
+    with pytest.raises(Stop) as stopped:
+        run.step()
+
+    assert stopped.value.reason == PROTOCOL_ERROR
+
+
+def test_a_result_answer_with_a_stop_reason_raises_stop(scripted):
+    scripted.routes["POST /api/v1/tool-calls/11/result"] = lambda r: httpx.Response(
+        200,
+        json={
+            "valid": False,
+            "stop_reason": "invalid_tool_output:search.read",
+            "errors": ["(root): 'hits' is a required property"],
+            "run": run_json(status="stopped", stop_reason="invalid_tool_output:search.read"),
+        },
+    )
+    impl = Impl(output={"nothing": True})
+    run = started_run(scripted)
+
+    with pytest.raises(Stop) as stopped:
+        run.tool("search.read", {"q": "x"}, impl)
+
+    assert stopped.value.reason == "invalid_tool_output:search.read"
+    assert len(impl.calls) == 1
+
+
+def test_the_result_reports_output_and_latency(scripted):
+    run = started_run(scripted)
+
+    assert run.tool("search.read", {"q": "x"}, Impl(output={"hits": [1, 2]})) == {"hits": [1, 2]}
+
+    (report,) = scripted.sent("POST /api/v1/tool-calls/11/result")
+    assert report["ok"] is True
+    assert report["output"] == {"hits": [1, 2]}
+    assert isinstance(report["latency_ms"], int)
+
+
+def test_a_failing_tool_is_reported_and_its_exception_reraised(scripted):
+    run = started_run(scripted)
+
+    with pytest.raises(ConnectionError, match="vendor down"):
+        run.tool("search.read", {"q": "x"}, Impl(error=ConnectionError("vendor down")))
+
+    (report,) = scripted.sent("POST /api/v1/tool-calls/11/result")
+    assert report["ok"] is False
+    assert report["error"] == "ConnectionError: vendor down"
+
+
+def test_leaving_the_block_normally_finishes_succeeded_with_the_answer(scripted):
+    with started_run(scripted) as run:
+        run.answer = "42"
+
+    assert scripted.sent("POST /api/v1/runs/7/finish") == [{"status": "succeeded", "answer": "42"}]
+    assert run.stop_reason == "ok"
+
+
+def test_an_exception_in_the_block_finishes_failed_and_propagates(scripted):
+    scripted.routes["POST /api/v1/runs/7/finish"] = lambda r: httpx.Response(
+        200, json=run_json(status="failed", stop_reason="error")
+    )
+
+    with pytest.raises(ValueError, match="bad plan"), started_run(scripted):
+        raise ValueError("bad plan")
+
+    assert scripted.sent("POST /api/v1/runs/7/finish") == [
+        {"status": "failed", "error": "ValueError: bad plan"}
+    ]
+
+
+def test_a_finish_refused_because_the_run_was_stopped_raises_its_stop_reason(scripted):
+    scripted.routes["POST /api/v1/runs/7/finish"] = lambda r: httpx.Response(
+        409, json={"error": "run_ended", "detail": "ended", "stop_reason": "cancelled"}
+    )
+
+    with pytest.raises(Stop) as stopped, started_run(scripted):
+        pass
+
+    assert stopped.value.reason == "cancelled"
+
+
+def pending_json(expires_at: datetime) -> dict:
+    return tool_call_json(
+        decision="pending_approval",
+        tool="email.send",
+        approval={
+            "id": 3,
+            "status": "pending",
+            "reviewers_required": 1,
+            "approvals": 0,
+            "expires_at": expires_at.isoformat().replace("+00:00", "Z"),
+        },
+    )
+
+
+def test_a_pending_approval_is_long_polled_until_allowed(scripted):
+    answers = iter(
+        [
+            pending_json(datetime.now(UTC) + timedelta(minutes=2)),
+            tool_call_json(decision="allow", tool="email.send"),
+        ]
+    )
+    scripted.routes["POST /api/v1/runs/7/tool-calls"] = lambda r: httpx.Response(
+        200, json=pending_json(datetime.now(UTC) + timedelta(minutes=2))
+    )
+    scripted.routes["GET /api/v1/tool-calls/11"] = lambda r: httpx.Response(200, json=next(answers))
+    impl = Impl(output={"sent": True})
+    run = started_run(scripted)
+
+    assert run.tool("email.send", {"to": "a@b.c"}, impl) == {"sent": True}
+
+    polls = [r for r in scripted.requests if r.method == "GET"]
+    assert [r.url.params["wait"] for r in polls] == ["25", "25"]
+    assert len(impl.calls) == 1
+
+
+def test_waiting_for_an_approval_gives_up_after_its_expiry(scripted):
+    expired = datetime.now(UTC) - timedelta(seconds=5)
+    scripted.routes["POST /api/v1/runs/7/tool-calls"] = lambda r: httpx.Response(
+        200, json=pending_json(expired)
+    )
+    scripted.routes["GET /api/v1/tool-calls/11"] = lambda r: httpx.Response(
+        200, json=pending_json(expired)
+    )
+    impl = Impl()
+    run = started_run(scripted, approval_margin_seconds=1)
+
+    started = time.monotonic()
+    with pytest.raises(Stop) as stopped:
+        run.tool("email.send", {"to": "a@b.c"}, impl)
+
+    assert stopped.value.reason == "approval_timeout:email.send"
+    assert time.monotonic() - started < 5
+    assert impl.calls == []
+
+
+def test_an_interrupt_ends_the_wait_and_the_run_is_finished_failed(scripted):
+    interrupt = threading.Event()
+    scripted.routes["POST /api/v1/runs/7/tool-calls"] = lambda r: httpx.Response(
+        200, json=pending_json(datetime.now(UTC) + timedelta(minutes=2))
+    )
+
+    def poll(request: httpx.Request) -> httpx.Response:
+        interrupt.set()  # e.g. Ctrl-C arrived while the server held this poll
+        return httpx.Response(200, json=pending_json(datetime.now(UTC) + timedelta(minutes=2)))
+
+    scripted.routes["GET /api/v1/tool-calls/11"] = poll
+    scripted.routes["POST /api/v1/runs/7/finish"] = lambda r: httpx.Response(
+        200, json=run_json(status="failed", stop_reason="error")
+    )
+    impl = Impl()
+
+    with pytest.raises(Interrupted), started_run(scripted, interrupt=interrupt) as run:
+        run.tool("email.send", {"to": "a@b.c"}, impl)
+
+    assert impl.calls == []
+    assert [body["status"] for body in scripted.sent("POST /api/v1/runs/7/finish")] == ["failed"]
+
+
+def test_budgets_send_only_what_is_set():
+    assert Budgets().as_json() == {"max_steps": 30, "max_seconds": 90, "max_tool_calls": 15}
+    assert Budgets(max_usd=2.5, max_steps=None).as_json() == {
+        "max_seconds": 90,
+        "max_tool_calls": 15,
+        "max_usd": 2.5,
+    }
+
+
+def test_the_client_imports_without_django():
+    environment = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    code = (
+        "import sys; import agents.client; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'django'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+# --- integration: the real app, in-process through WSGI ---------------------------------------
+
+# transaction=True: the reviewer threads need to see what the test wrote, and vice versa.
+real_gateway = pytest.mark.django_db(transaction=True)
+
+EMAIL_POLICY = """
+tools:
+  allow: ["search.read", "kb.read", "http.get", "email.send"]
+  definitions:
+    email.send:
+      effect: write
+      approval: {required: true, timeout_seconds: 120}
+      args_schema:
+        type: object
+        required: [to, subject, body]
+budgets: {max_steps: 30, max_seconds: 90, max_tool_calls: 15}
+writes: {require_approval: true}
+"""
+
+EMAIL = {"to": "customer@example.com", "subject": "Your refund", "body": "It is on its way."}
+
+
+@pytest.fixture
+def wsgi_transport() -> httpx.WSGITransport:
+    from django.core.wsgi import get_wsgi_application
+
+    return httpx.WSGITransport(app=get_wsgi_application())
+
+
+@pytest.fixture
+def gateway(agent, wsgi_transport) -> Iterator[Gateway]:
+    with Gateway("http://testserver", agent.key, transport=wsgi_transport) as client:
+        yield client
+
+
+def db_run(run_id: int):
+    from agents.models import Run as RunRow
+
+    return RunRow.objects.get(pk=run_id)
+
+
+@real_gateway
+def test_a_well_behaved_run_finishes_ok(gateway):
+    from agents.models import ToolCall
+
+    search = Impl(output={"hits": ["kb-12"]})
+    with gateway.run("how do refunds work?", budgets=Budgets(), agent_version="v1") as run:
+        run.step(model="small", tokens_in=100, tokens_out=20, usd=0.001, summary="search")
+        hits = run.tool("search.read", {"q": "refunds"}, search)
+        run.answer = f"see {hits['hits'][0]}"
+
+    row = db_run(run.id)
+    assert (row.status, row.stop_reason, row.answer) == ("succeeded", "ok", "see kb-12")
+    assert (row.steps, row.tool_calls, row.tokens) == (1, 1, 120)
+    call = ToolCall.objects.get(run=row)
+    assert (call.decision, call.result_ok, call.output) == ("allow", True, {"hits": ["kb-12"]})
+    assert call.latency_ms is not None
+    assert run.stop_reason == "ok"
+
+
+@real_gateway
+def test_it_stops_the_run_at_the_sixteenth_tool_call(gateway):
+    browse = Impl(output={"status": 503, "body": "vendor outage"})
+
+    with pytest.raises(Stop) as stopped, gateway.run("compare prices") as run:
+        for attempt in range(1, 100):
+            run.tool("search.read", {"q": "prices", "attempt": attempt}, browse)
+
+    assert stopped.value.reason == "max_tool_calls"
+    assert len(browse.calls) == 15
+    row = db_run(run.id)
+    assert (row.status, row.stop_reason, row.tool_calls) == ("stopped", "max_tool_calls", 15)
+
+
+@real_gateway
+def test_a_tool_off_the_allowlist_is_denied_without_running(gateway):
+    browse = Impl()
+
+    with pytest.raises(Stop) as stopped, gateway.run("look at the vendor site") as run:
+        run.tool("browser.open", {"url": "https://vendor.example"}, browse)
+
+    assert stopped.value.reason == "tool_denied:browser.open"
+    assert browse.calls == []
+    row = db_run(run.id)
+    assert (row.status, row.stop_reason, row.tool_calls) == (
+        "stopped",
+        "tool_denied:browser.open",
+        0,
+    )
+
+
+@real_gateway
+def test_a_failing_block_finishes_the_run_failed(gateway):
+    with pytest.raises(ConnectionError), gateway.run("read the kb") as run:
+        run.tool("kb.read", {"id": 1}, Impl(error=ConnectionError("kb down")))
+
+    row = db_run(run.id)
+    assert (row.status, row.stop_reason) == ("failed", "error")
+    assert row.error == "ConnectionError: kb down"
+
+
+@real_gateway
+def test_a_lost_answer_is_retried_without_spending_twice(agent, wsgi_transport):
+    from agents.models import ToolCall
+
+    class LosesFirstToolCallAnswer(httpx.BaseTransport):
+        lost = 0
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = wsgi_transport.handle_request(request)
+            if request.url.path.endswith("/tool-calls") and not self.lost:
+                self.lost += 1
+                raise httpx.ReadTimeout("the answer was lost on the way back")
+            return response
+
+    search = Impl()
+    with (
+        Gateway("http://testserver", agent.key, transport=LosesFirstToolCallAnswer()) as client,
+        client.run("search once") as run,
+    ):
+        run.tool("search.read", {"q": "once"}, search)
+
+    assert len(search.calls) == 1
+    assert db_run(run.id).tool_calls == 1
+    assert ToolCall.objects.filter(run_id=run.id).count() == 1
+
+
+@real_gateway
+def test_a_run_refused_by_the_kill_switch_raises_kill_switch(gateway):
+    from opsconsole.services import kill_switch_set
+
+    kill_switch_set(mode="stop_all", reason="incident drill", actor="system")
+
+    with pytest.raises(Stop) as stopped:
+        gateway.run("anything")
+
+    assert stopped.value.reason == "kill_switch"
+    assert stopped.value.status_code == 409
+
+
+def decide_when_pending(run_id: int, reviewer, verdict: str, comment: str) -> threading.Thread:
+    """A reviewer in another thread: waits for the run's request, then decides it."""
+    from django.db import connection
+
+    from approvals.models import ApprovalRequest
+    from approvals.services import approval_decide
+
+    def review() -> None:
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                request = ApprovalRequest.objects.filter(run_id=run_id, status="pending").first()
+                if request is not None:
+                    time.sleep(0.5)  # let the agent settle into its long-poll
+                    approval_decide(
+                        request_id=request.pk, reviewer=reviewer, verdict=verdict, comment=comment
+                    )
+                    return
+                time.sleep(0.05)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=review, daemon=True)
+    thread.start()
+    return thread
+
+
+@real_gateway
+def test_an_approved_write_proceeds_and_runs_once(gateway, publish_policy, reviewer):
+    from approvals.models import ApprovalRequest
+
+    publish_policy(EMAIL_POLICY)
+    send = Impl(output={"message_id": "m-1"})
+
+    with gateway.run("tell the customer") as run:
+        thread = decide_when_pending(run.id, reviewer.user, "approve", "looks right")
+        assert run.tool("email.send", EMAIL, send) == {"message_id": "m-1"}
+    thread.join(timeout=5)
+
+    assert send.calls == [EMAIL]
+    row = db_run(run.id)
+    assert (row.status, row.stop_reason) == ("succeeded", "ok")
+    assert ApprovalRequest.objects.get(run_id=run.id).status == "approved"
+
+
+@real_gateway
+def test_a_rejected_write_stops_with_approval_rejected(gateway, publish_policy, reviewer):
+    publish_policy(EMAIL_POLICY)
+    send = Impl()
+
+    with pytest.raises(Stop) as stopped, gateway.run("tell the customer") as run:
+        thread = decide_when_pending(run.id, reviewer.user, "reject", "wrong customer")
+        run.tool("email.send", EMAIL, send)
+    thread.join(timeout=5)
+
+    assert stopped.value.reason == "approval_rejected:email.send"
+    assert send.calls == []
+    row = db_run(run.id)
+    assert (row.status, row.stop_reason) == ("stopped", "approval_rejected:email.send")
