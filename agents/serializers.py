@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from decimal import ROUND_HALF_UP, Decimal
+
 from rest_framework import serializers
 
 from agents.models import Run, ToolCall
 
 TOOL_NAME = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$"
+
+
+class UsdField(serializers.DecimalField):
+    """US dollars, rounded to micro-dollars: a float such as 0.1 + 0.2 is fine, not a 400."""
+
+    def __init__(self, **kwargs):
+        super().__init__(
+            max_digits=12, decimal_places=6, min_value=0, coerce_to_string=False, **kwargs
+        )
+
+    def validate_precision(self, value: Decimal) -> Decimal:
+        return super().validate_precision(
+            value.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+        )
 
 
 class BudgetsSerializer(serializers.Serializer):
@@ -39,9 +55,7 @@ class StepCreateSerializer(serializers.Serializer):
     model = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     tokens_in = serializers.IntegerField(min_value=0, max_value=10**9, default=0)
     tokens_out = serializers.IntegerField(min_value=0, max_value=10**9, default=0)
-    usd = serializers.DecimalField(
-        max_digits=12, decimal_places=6, min_value=0, default=0, coerce_to_string=False
-    )
+    usd = UsdField(default=0)
     latency_ms = serializers.IntegerField(min_value=0, max_value=86_400_000, default=0)
     summary = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
@@ -59,14 +73,7 @@ class ToolResultSerializer(serializers.Serializer):
     latency_ms = serializers.IntegerField(
         min_value=0, max_value=86_400_000, required=False, allow_null=True
     )
-    usd = serializers.DecimalField(
-        max_digits=12,
-        decimal_places=6,
-        min_value=0,
-        required=False,
-        allow_null=True,
-        coerce_to_string=False,
-    )
+    usd = UsdField(required=False, allow_null=True)
 
 
 class RunFinishSerializer(serializers.Serializer):

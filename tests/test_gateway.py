@@ -671,3 +671,14 @@ def test_an_agent_name_the_policy_could_not_address_is_refused(db, name):
     with pytest.raises(Invalid):
         agent_create(name=name, actor="system")
     assert not Agent.objects.exists()
+
+
+def test_float_costs_are_rounded_to_micro_dollars_not_refused(agent, start_run):
+    run = start_run()
+    answer = agent.api.post_json(
+        f"/api/v1/runs/{run['id']}/steps", {"usd": 0.1 + 0.2, "tokens_in": 1}
+    )
+    assert answer.status_code == 200
+    assert str(Run.objects.get(pk=run["id"]).usd) == "0.300000"
+    tiny = agent.api.post_json(f"/api/v1/runs/{run['id']}/steps", {"usd": 1e-7})
+    assert tiny.status_code == 200
