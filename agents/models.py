@@ -289,3 +289,208 @@ class ToolBreaker(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tool}: {self.state}"
+
+
+# --- monitoring: rollups, drift rules and alerts, golden runs (see agents/monitoring.py) -------
+
+# The rollup dimension "every version of this agent" (and, with agent NULL, "every agent").
+ALL_VERSIONS = "*"
+
+
+class BucketSize(models.TextChoices):
+    HOUR = "hour", "Hour"
+    DAY = "day", "Day"
+
+
+class MetricRollup(models.Model):
+    """Metrics of the runs that ended in one hour or day, per agent and agent version.
+
+    Computed from raw runs, trace events, tool calls and approvals by the rollup job only;
+    pages read these rows and never aggregate raw events. ``agent_version`` ``"*"`` is every
+    version of the agent; ``agent`` NULL is every agent. Percentiles are nearest-rank.
+    """
+
+    agent = models.ForeignKey(
+        Agent, on_delete=models.CASCADE, null=True, blank=True, related_name="rollups"
+    )
+    agent_version = models.CharField(max_length=100, blank=True)
+    size = models.CharField(max_length=8, choices=BucketSize.choices)
+    start = models.DateTimeField()
+
+    runs = models.PositiveIntegerField(default=0)
+    stop_reasons = models.JSONField(default=dict, help_text="{stop reason: runs}")
+    tool_calls_p50 = models.FloatField(null=True, blank=True)
+    tool_calls_p95 = models.FloatField(null=True, blank=True)
+    requests = models.PositiveIntegerField(default=0, help_text="model steps reported")
+    tokens_p50 = models.FloatField(null=True, blank=True)
+    tokens_p95 = models.FloatField(null=True, blank=True)
+    usd_sum = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
+    usd_avg = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
+    approvals = models.PositiveIntegerField(default=0, help_text="approval requests decided")
+    approval_wait_p50 = models.FloatField(null=True, blank=True, help_text="seconds")
+    approval_wait_p95 = models.FloatField(null=True, blank=True, help_text="seconds")
+    tool_results = models.PositiveIntegerField(default=0, help_text="results with a latency")
+    latency_p95 = models.FloatField(null=True, blank=True, help_text="ms, every tool")
+    tool_latency_p95 = models.JSONField(default=dict, help_text="{tool: p95 ms}")
+    computed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["start"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent", "agent_version", "size", "start"],
+                name="rollup_unique_bucket",
+            ),
+            # NULLs are distinct in a unique constraint: the all-agents rows need their own.
+            models.UniqueConstraint(
+                fields=["agent_version", "size", "start"],
+                condition=models.Q(agent__isnull=True),
+                name="rollup_unique_all_agents_bucket",
+            ),
+        ]
+        indexes = [models.Index(fields=["size", "start"], name="rollup_size_start_idx")]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.agent_id or 'all'}/{self.agent_version} {self.size} {self.start:%Y-%m-%d %H:%M}"
+        )
+
+
+class DriftMetric(models.TextChoices):
+    STOP_RATE = "stop_rate", "Share of runs not ending ok"
+    TOOL_CALLS_P50 = "tool_calls_p50", "Tool calls per run, p50"
+    TOOL_CALLS_P95 = "tool_calls_p95", "Tool calls per run, p95"
+    TOKENS_P50 = "tokens_p50", "Tokens per request, p50"
+    TOKENS_P95 = "tokens_p95", "Tokens per request, p95"
+    USD_AVG = "usd_avg", "USD per run, average"
+    LATENCY_P95 = "latency_p95", "Tool latency p95 (ms)"
+    APPROVAL_WAIT_P95 = "approval_wait_p95", "Approval wait p95 (s)"
+
+
+class DriftBaseline(models.TextChoices):
+    PREVIOUS_7_DAYS = "previous_7_days", "The previous 7 days"
+    PINNED_VERSION = "pinned_version", "A pinned agent version"
+
+
+class DriftDirection(models.TextChoices):
+    UP = "up", "Rises"
+    DOWN = "down", "Falls"
+    BOTH = "both", "Moves either way"
+
+
+class DriftAction(models.TextChoices):
+    NONE = "none", "Alert only"
+    REQUIRE_APPROVAL_FOR_WRITES = "require_approval_for_writes", "Require approval for all writes"
+    DISABLE_AGENT = "disable_agent", "Disable the agent"
+
+
+class DriftRule(models.Model):
+    """Compare one metric of an agent (or every agent) with its baseline after each rollup.
+
+    Every threshold that is set must be passed, and both the bucket and the baseline need
+    ``min_samples`` samples (runs, requests, results or approvals), so noise stays quiet.
+    """
+
+    name = models.SlugField(max_length=100, unique=True)
+    metric = models.CharField(max_length=32, choices=DriftMetric.choices)
+    agent = models.ForeignKey(
+        Agent, on_delete=models.CASCADE, null=True, blank=True, related_name="drift_rules"
+    )
+    agent_version = models.CharField(
+        max_length=100, blank=True, help_text="blank: every version of the agent"
+    )
+    size = models.CharField(max_length=8, choices=BucketSize.choices, default=BucketSize.HOUR)
+    baseline = models.CharField(
+        max_length=20, choices=DriftBaseline.choices, default=DriftBaseline.PREVIOUS_7_DAYS
+    )
+    baseline_version = models.CharField(max_length=100, blank=True)
+    direction = models.CharField(
+        max_length=8, choices=DriftDirection.choices, default=DriftDirection.UP
+    )
+    relative_threshold = models.FloatField(
+        null=True, blank=True, help_text="0.5 means a move of 50 % from the baseline mean"
+    )
+    z_threshold = models.FloatField(null=True, blank=True)
+    min_samples = models.PositiveIntegerField(default=20)
+    action = models.CharField(max_length=32, choices=DriftAction.choices, default=DriftAction.NONE)
+    enabled = models.BooleanField(default=True)
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(relative_threshold__isnull=False)
+                | models.Q(z_threshold__isnull=False),
+                name="driftrule_has_threshold",
+            ),
+            # A rule that acts must name the agent it acts on.
+            models.CheckConstraint(
+                condition=models.Q(action="none") | models.Q(agent__isnull=False),
+                name="driftrule_action_needs_agent",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(baseline="pinned_version") | ~models.Q(baseline_version=""),
+                name="driftrule_pinned_needs_version",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def actor(self) -> str:
+        """Who an acting rule's changes are audited as."""
+        return f"rule:{self.name}"
+
+
+class DriftAlert(models.Model):
+    """One significant move of a rule's metric in one bucket (at most one per rule and bucket)."""
+
+    rule = models.ForeignKey(DriftRule, on_delete=models.CASCADE, related_name="alerts")
+    agent = models.ForeignKey(
+        Agent, on_delete=models.CASCADE, null=True, blank=True, related_name="drift_alerts"
+    )
+    agent_version = models.CharField(max_length=100, blank=True)
+    metric = models.CharField(max_length=32, choices=DriftMetric.choices)
+    bucket_start = models.DateTimeField()
+    value = models.FloatField()
+    baseline_mean = models.FloatField()
+    baseline_std = models.FloatField(null=True, blank=True)
+    relative_change = models.FloatField(null=True, blank=True)
+    z_score = models.FloatField(null=True, blank=True)
+    samples = models.PositiveIntegerField()
+    baseline_samples = models.PositiveIntegerField()
+    action_taken = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["rule", "bucket_start"], name="one_alert_per_bucket"),
+        ]
+        indexes = [models.Index(fields=["-created_at", "-id"], name="driftalert_list_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.rule_id} {self.metric} @ {self.bucket_start:%Y-%m-%d %H:%M}"
+
+
+class GoldenRun(models.Model):
+    """A finished run kept as a reference: its recording is replayed against policy changes.
+
+    The recording is a copy of the trace taken when the run was marked, so trace retention
+    never takes a golden run away.
+    """
+
+    run = models.OneToOneField(Run, on_delete=models.CASCADE, related_name="golden")
+    note = models.TextField(blank=True)
+    recording = models.JSONField()
+    marked_by = models.CharField(max_length=150)
+    marked_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-marked_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"golden run {self.run_id}"

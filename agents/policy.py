@@ -23,6 +23,7 @@ A policy document (the seed's default config is one as it stands)::
     kill_switch: {mode_when_enabled: disable_writes}
     agents:                       # optional, per agent: can only narrow the global policy
       support-bot: {allow: ["kb.read"], budgets: {max_tool_calls: 10}}
+      # approve_all_writes: true  -> every write of the agent needs approval (drift rules set it)
 
 ``normalise`` fills every default, so export -> import gives the same document.
 """
@@ -33,7 +34,7 @@ import copy
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -156,6 +157,9 @@ POLICY_SCHEMA: dict[str, Any] = {
                 "properties": {
                     "allow": {"type": ["array", "null"], "items": _tool_name, "uniqueItems": True},
                     "budgets": _budgets_schema,
+                    # Set by a drift rule (or a person): every write of this agent waits for
+                    # a reviewer, whatever the tool's own approval rule says.
+                    "approve_all_writes": {"type": "boolean"},
                 },
             },
         },
@@ -263,6 +267,7 @@ def normalise(raw: dict[str, Any]) -> dict[str, Any]:
         agents[name] = {
             "allow": sorted(allow) if allow is not None else None,
             "budgets": {key: rule.get("budgets", {}).get(key) for key in BUDGET_NAMES},
+            "approve_all_writes": rule.get("approve_all_writes", False),
         }
     if errors:
         raise PolicyError(errors)
@@ -357,6 +362,15 @@ class Policy:
             timeout_seconds=approval["timeout_seconds"],
             breaker=definition["breaker"],
         )
+
+    def tool_rule_for(self, tool: str, agent_name: str) -> ToolRule:
+        """The tool's rule as it applies to one agent (``approve_all_writes`` forces approval)."""
+        rule = self.tool_rule(tool)
+        agent_rule = self.document["agents"].get(agent_name) or {}
+        # .get: versions published before the key existed lack it.
+        if rule.effect == "write" and agent_rule.get("approve_all_writes"):
+            return replace(rule, approval_required=True)
+        return rule
 
     def is_allowed(self, tool: str, agent_name: str) -> bool:
         if tool not in self.document["tools"]["allow"]:

@@ -17,6 +17,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents import stop_reasons
+from agents.decisions import output_errors, result_stop_reason, step_verdict, tool_call_verdict
+from agents.metrics import observed_decision
 from agents.models import (
     ACTIVE_STATUSES,
     Agent,
@@ -37,7 +39,6 @@ from agents.policy import (
     ToolRule,
     canonical_hash,
     normalise,
-    schema_errors,
 )
 from agents.selectors import kill_switch_current, policy_current
 from approvals.models import ApprovalRequest, ApprovalStatus
@@ -342,17 +343,6 @@ def _cancel_pending_approvals(run: Run, reason: str) -> None:
     broadcast([group_for("approvals")], "approvals.removed", {"ids": [r.pk for r in pending]})
 
 
-def _gate(run: Run, agent: Agent) -> str | None:
-    """Checks shared by steps and tool calls: kill switch (stop_all), agent disabled, time."""
-    if kill_switch_current().mode == KillSwitchMode.STOP_ALL:
-        return stop_reasons.KILL_SWITCH
-    if not agent.enabled:
-        return stop_reasons.AGENT_DISABLED
-    if run.max_seconds is not None and run.seconds > run.max_seconds:
-        return stop_reasons.MAX_SECONDS
-    return None
-
-
 @dataclass
 class StepOutcome:
     decision: str
@@ -360,6 +350,7 @@ class StepOutcome:
     run: Run
 
 
+@observed_decision("step")
 def step_record(
     *,
     agent: Agent,
@@ -378,14 +369,13 @@ def step_record(
         if not run.is_active:
             return StepOutcome(Decision.STOP, run.stop_reason, run)
         tokens = tokens_in + tokens_out
-        reason = _gate(run, agent)
-        if reason is None:
-            if run.max_steps is not None and run.steps + 1 > run.max_steps:
-                reason = stop_reasons.MAX_STEPS
-            elif run.max_tokens is not None and run.tokens + tokens > run.max_tokens:
-                reason = stop_reasons.MAX_TOKENS
-            elif run.max_usd is not None and run.usd + usd > run.max_usd:
-                reason = stop_reasons.MAX_USD
+        reason = step_verdict(
+            run=run,
+            agent_enabled=agent.enabled,
+            kill_mode=kill_switch_current().mode,
+            tokens=tokens,
+            usd=usd,
+        )
         data = {
             "kind": kind,
             "model": model,
@@ -411,6 +401,7 @@ def step_record(
         return StepOutcome("continue", None, run)
 
 
+@observed_decision("tool_call")
 def tool_call_decide(
     *,
     agent: Agent,
@@ -475,59 +466,26 @@ def _decide(
     args_hash: str,
     idempotency_key: str | None,
 ) -> ToolCall:
-    policy = policy_current()
-    rule = policy.tool_rule(tool)
-    kill_mode = kill_switch_current().mode
-    reason: str | None = None
-    detail = ""
     breaker: ToolBreaker | None = None
 
-    if kill_mode == KillSwitchMode.STOP_ALL:
-        reason, detail = stop_reasons.KILL_SWITCH, "kill switch: stop_all"
-    elif not agent.enabled:
-        reason = stop_reasons.AGENT_DISABLED
-    elif kill_mode == KillSwitchMode.DISABLE_WRITES and rule.effect == "write":
-        reason, detail = (
-            stop_reasons.KILL_SWITCH,
-            f"kill switch: writes are disabled ({tool} is a write)",
-        )
-    elif kill_mode == KillSwitchMode.DISABLE_EXPENSIVE and rule.expensive:
-        reason, detail = (
-            stop_reasons.KILL_SWITCH,
-            f"kill switch: expensive tools are disabled ({tool})",
-        )
-    elif run.max_seconds is not None and run.seconds > run.max_seconds:
-        reason = stop_reasons.MAX_SECONDS
-    elif run.max_tool_calls is not None and run.tool_calls + 1 > run.max_tool_calls:
-        reason, detail = (
-            stop_reasons.MAX_TOOL_CALLS,
-            f"call {run.tool_calls + 1} of {run.max_tool_calls}",
-        )
-    elif not policy.is_allowed(tool, agent.name):
-        reason, detail = (
-            stop_reasons.for_tool(stop_reasons.TOOL_DENIED, tool),
-            "not on the allowlist",
-        )
-    elif errors := schema_errors(rule.args_schema, args):
-        reason, detail = (
-            stop_reasons.for_tool(stop_reasons.INVALID_TOOL_ARGS, tool),
-            "; ".join(errors),
-        )
-    elif _repeats(run, tool, args_hash) >= policy.loop_max_repeats:
-        reason = stop_reasons.for_tool(stop_reasons.LOOP_DETECTED, tool)
-        detail = f"same arguments {policy.loop_max_repeats} times already"
-    else:
-        breaker, degraded = _breaker_admit(tool, rule)
-        if degraded:
-            reason, detail = (
-                stop_reasons.for_tool(stop_reasons.TOOL_DEGRADED, tool),
-                "circuit breaker open",
-            )
-        elif rule.max_calls_per_run is not None and _calls_of(run, tool) >= rule.max_calls_per_run:
-            reason = stop_reasons.MAX_TOOL_CALLS
-            detail = f"per-run cap of {tool} ({rule.max_calls_per_run}) reached"
-        elif run.max_usd is not None and run.usd + rule.cost_usd > run.max_usd:
-            reason, detail = stop_reasons.MAX_USD, f"{tool} costs {rule.cost_usd}"
+    def degraded(rule: ToolRule) -> bool:
+        nonlocal breaker
+        breaker, refused = _breaker_admit(tool, rule)
+        return refused
+
+    verdict = tool_call_verdict(
+        policy=policy_current(),
+        tool=tool,
+        args=args,
+        agent_name=agent.name,
+        agent_enabled=agent.enabled,
+        kill_mode=kill_switch_current().mode,
+        run=run,
+        repeats=lambda: _repeats(run, tool, args_hash),
+        calls_of_tool=lambda: _calls_of(run, tool),
+        degraded=degraded,
+    )
+    rule, reason, detail = verdict.rule, verdict.stop_reason, verdict.detail
 
     now = timezone.now()
     if reason is not None:
@@ -551,7 +509,7 @@ def _decide(
     if breaker is not None and breaker.state == BreakerState.HALF_OPEN:
         breaker.trial_calls_left -= 1
         breaker.save(update_fields=["trial_calls_left", "updated_at"])
-    decision = Decision.PENDING_APPROVAL if rule.approval_required else Decision.ALLOW
+    decision = verdict.decision
     tool_call = ToolCall.objects.create(
         run=run,
         tool=tool,
@@ -783,13 +741,7 @@ def tool_call_report(
                 code="not_allowed",
             )
         rule = policy_current().tool_rule(tool_call.tool)
-        errors: list[str] = []
-        if ok:
-            size = len(json.dumps(output, default=str).encode())
-            if size > rule.max_output_bytes:
-                errors.append(f"output is {size} bytes, over the cap of {rule.max_output_bytes}")
-            else:
-                errors = schema_errors(rule.output_schema, output)
+        errors = output_errors(rule, output) if ok else []
         now = timezone.now()
         tool_call.result_ok = ok
         tool_call.output = output if not errors else None
@@ -821,14 +773,11 @@ def tool_call_report(
             run.last_activity_at = now
             update = ["last_activity_at"]
             spend = usd or Decimal("0")
-            if run.max_usd is not None and run.usd + spend > run.max_usd:
-                _stop_run(run, stop_reasons.MAX_USD, f"the result of {tool_call.tool} cost {spend}")
-            elif errors:
-                _stop_run(
-                    run,
-                    stop_reasons.for_tool(stop_reasons.INVALID_TOOL_OUTPUT, tool_call.tool),
-                    "; ".join(errors),
-                )
+            stop = result_stop_reason(run=run, tool=tool_call.tool, spend=spend, errors=errors)
+            if stop == stop_reasons.MAX_USD:
+                _stop_run(run, stop, f"the result of {tool_call.tool} cost {spend}")
+            elif stop is not None:
+                _stop_run(run, stop, "; ".join(errors))
             else:
                 before = _usage_fractions(run)
                 run.usd += spend
