@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from agents import services
+from agents import monitoring, services
 from approvals import services as approval_services
 
 _common = {
@@ -37,3 +37,8 @@ def purge_traces() -> int:
     if settings.OPSCONSOLE_RETENTION_DAYS <= 0:
         return 0
     return services.traces_purge(older_than_days=settings.OPSCONSOLE_RETENTION_DAYS)
+
+
+@shared_task(name="monitoring.rollup", **_common)
+def rollup_metrics() -> dict[str, int]:
+    return monitoring.rollups_compute()

@@ -25,7 +25,13 @@ from opsconsole.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint, 
 
 logger = logging.getLogger("opsconsole.notifications")
 
-EVENTS = ("approval.requested", "approval.expiring", "kill_switch.changed", "budget.crossed_80")
+EVENTS = (
+    "approval.requested",
+    "approval.expiring",
+    "kill_switch.changed",
+    "budget.crossed_80",
+    "drift.alert",
+)
 MAX_ATTEMPTS = 8
 CLAIM_SECONDS = 60
 
@@ -62,6 +68,8 @@ def summary(event: str, payload: dict[str, Any]) -> str:
         return f"Approval about to expire: {payload.get('tool')} for {payload.get('agent')} (request {payload.get('id')})"
     if event == "kill_switch.changed":
         return f"Kill switch is now {payload.get('mode')} (set by {payload.get('set_by')}: {payload.get('reason')})"
+    if event == "drift.alert":
+        return f"Drift: {payload.get('metric')} of {payload.get('agent') or 'every agent'} is {payload.get('value')} (baseline {payload.get('baseline_mean')}; rule {payload.get('rule')}) {payload.get('action_taken') or ''}".strip()
     if event == "budget.crossed_80":
         return f"Run {payload.get('run')} of {payload.get('agent')} passed 80% of {payload.get('budget')}"
     return event

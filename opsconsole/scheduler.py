@@ -19,12 +19,14 @@ _stop = threading.Event()
 
 
 _last_purge = 0.0
+_last_rollup = 0.0
+ROLLUP_SECONDS = 60
 
 
 def run_due_sweeps() -> dict[str, int]:
     """One tick of the embedded beat: the same task bodies Celery beat schedules."""
-    global _last_purge
-    from agents.tasks import expire_approvals, purge_traces, reap_runs
+    global _last_purge, _last_rollup
+    from agents.tasks import expire_approvals, purge_traces, reap_runs, rollup_metrics
     from opsconsole.tasks import deliver_due_webhooks, notify_expiring_approvals
 
     done = {
@@ -36,6 +38,9 @@ def run_due_sweeps() -> dict[str, int]:
     if time.monotonic() - _last_purge > 3600:
         _last_purge = time.monotonic()
         done["purged"] = purge_traces.run()
+    if time.monotonic() - _last_rollup > ROLLUP_SECONDS:
+        _last_rollup = time.monotonic()
+        done["rollups"] = rollup_metrics.run()["rollups"]
     return done
 
 

@@ -326,4 +326,5 @@ CELERY_BEAT_SCHEDULE = {
     "reap-silent-runs": {"task": "runs.reap_silent", "schedule": 5.0},
     "deliver-due-webhooks": {"task": "webhooks.deliver_due", "schedule": 5.0},
     "purge-old-traces": {"task": "traces.purge", "schedule": 3600.0},
+    "rollup-metrics": {"task": "monitoring.rollup", "schedule": 60.0},
 }
