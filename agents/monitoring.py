@@ -489,3 +489,67 @@ def _rule_dict(rule: DriftRule) -> dict[str, Any]:
         "action": rule.action,
         "enabled": rule.enabled,
     }
+
+
+# --- the monitoring page ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeriesKey:
+    """One line of the page: an agent (or every agent) and a version (or every version)."""
+
+    agent: str  # "" for every agent
+    version: str  # "" for every version
+
+    @property
+    def label(self) -> str:
+        return f"{self.agent or 'every agent'} · {self.version or 'every version'}"
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    size: str
+    buckets: list[datetime]
+    # Per series, one rollup (or None) per bucket.
+    series: list[tuple[SeriesKey, list[MetricRollup | None]]]
+    stop_reason_kinds: list[str]
+
+
+def dashboard(
+    *, keys: list[SeriesKey], size: str, buckets: int, now: datetime | None = None
+) -> Dashboard:
+    """The rollups of one or two series over the last ``buckets`` buckets, aligned by bucket.
+
+    One query per series (plus one for the agents named): nothing is aggregated here.
+    """
+    length = SIZES[size]
+    last = bucket_start(now or timezone.now(), size)
+    starts = [last - length * index for index in range(buckets - 1, -1, -1)]
+    names = {key.agent for key in keys if key.agent}
+    agents = {agent.name: agent for agent in Agent.objects.filter(name__in=names)} if names else {}
+    series = []
+    kinds: set[str] = set()
+    for key in keys:
+        rows: dict[datetime, MetricRollup] = {}
+        if not key.agent or key.agent in agents:
+            found = rollup_series(
+                agent=agents.get(key.agent),
+                version=key.version,
+                size=size,
+                since=starts[0],
+                until=last + length,
+            )
+            rows = {row.start: row for row in found}
+        for row in rows.values():
+            kinds.update(stop_reasons.kind_of(reason) for reason in row.stop_reasons)
+        series.append((key, [rows.get(start) for start in starts]))
+    order = [kind for kind in stop_reasons.ALL_KINDS if kind in kinds]
+    return Dashboard(size=size, buckets=starts, series=series, stop_reason_kinds=order)
+
+
+def stop_reason_kinds(rollup: MetricRollup | None) -> dict[str, int]:
+    """A rollup's stop reasons counted by kind (``tool_denied:x`` and ``:y`` together)."""
+    counts: dict[str, int] = defaultdict(int)
+    for reason, n in (rollup.stop_reasons if rollup else {}).items():
+        counts[stop_reasons.kind_of(reason)] += n
+    return dict(counts)

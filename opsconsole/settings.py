@@ -293,6 +293,8 @@ OPSCONSOLE_APPROVAL_EXPIRING_SECONDS = env_int("OPSCONSOLE_APPROVAL_EXPIRING_SEC
 OPSCONSOLE_RETENTION_DAYS = env_int("OPSCONSOLE_RETENTION_DAYS", 30)
 # In-process scheduler for the embedded default (no Celery beat).
 OPSCONSOLE_EMBEDDED_SCHEDULER = env_bool("OPSCONSOLE_EMBEDDED_SCHEDULER", not REDIS_URL)
+# When set, /metrics answers only scrapers sending "Authorization: Bearer <token>".
+OPSCONSOLE_METRICS_TOKEN = env_str("OPSCONSOLE_METRICS_TOKEN")
 
 # --- Production hardening -------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from agents import api as agent_api
+from agents import monitoring_views
 from approvals import api as approval_api
 from opsconsole import api as ops_api
 
@@ -42,5 +43,6 @@ api_v1 = [
 urlpatterns = [
     path("api/v1/", include((api_v1, "api"), namespace="api")),
     path("django-admin/", admin.site.urls),
+    path("metrics", monitoring_views.metrics, name="metrics"),
     path("", include("opsconsole.web_urls")),
 ]

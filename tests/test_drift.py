@@ -270,3 +270,44 @@ def test_rollups_then_drift_end_to_end_from_raw_runs(agent):
     assert result["alerts"] == 1
     alert = DriftAlert.objects.get()
     assert (alert.value, alert.baseline_mean, alert.samples) == (6.0, 1.0, 3)
+
+
+@pytest.mark.django_db
+def test_the_drift_page_shows_alerts_and_only_admins_create_rules(agent, oncall, admin, client):
+    rule(agent.agent)
+    baseline(agent.agent)
+    current(agent.agent, value=12.0)
+    monitoring.drift_evaluate(size="hour", start=NOW_BUCKET)
+    fields = {
+        "name": "usd-up",
+        "metric": "usd_avg",
+        "agent": "support-bot",
+        "size": "day",
+        "baseline": "previous_7_days",
+        "direction": "up",
+        "relative_threshold": "0.5",
+        "min_samples": "10",
+        "action": "none",
+    }
+
+    client.force_login(oncall.user)
+    page = client.get("/monitoring/drift/").content.decode()
+    refused = client.post("/monitoring/drift/rules", fields)
+    client.force_login(admin.user)
+    created = client.post("/monitoring/drift/rules", fields)
+    duplicate = client.post("/monitoring/drift/rules", fields)
+    no_threshold = client.post(
+        "/monitoring/drift/rules", {**fields, "name": "x", "relative_threshold": ""}
+    )
+
+    assert "tool-calls-spike" in page and "Tool calls per run, p95" in page
+    assert refused.status_code == 403
+    assert created.status_code == 302
+    saved = DriftRule.objects.get(name="usd-up")
+    assert (saved.agent, saved.size, saved.relative_threshold) == (agent.agent, "day", 0.5)
+    assert AuditEntry.objects.filter(action="drift_rule.save", actor="user:ada-admin").count() == 1
+    assert duplicate.status_code == no_threshold.status_code == 422
+    turned_off = client.post(f"/monitoring/drift/rules/{saved.pk}/enabled", {"enabled": "0"})
+    assert turned_off.status_code == 302
+    saved.refresh_from_db()
+    assert not saved.enabled

@@ -180,3 +180,105 @@ def test_the_celery_task_and_the_embedded_scheduler_run_the_rollup(agent, settin
     done = scheduler.run_due_sweeps()
     assert done["rollups"] == 6
     assert MetricRollup.objects.filter(size="hour").count() == 3
+
+
+# --- the monitoring pages -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def rolled_up(agent):
+    """Two versions of support-bot with runs ended in the current hour, rolled up."""
+    now = datetime.now(UTC)
+    for calls, version in ((1, "v1"), (2, "v1"), (6, "v2")):
+        finished_run(agent.agent, version=version, calls=calls, ended_at=now)
+    monitoring.rollups_compute(now=now)
+    return agent
+
+
+@pytest.mark.django_db
+def test_the_dashboard_draws_charts_from_rollups_without_scripts_or_inline_styles(
+    rolled_up, oncall, client
+):
+    client.force_login(oncall.user)
+
+    response = client.get("/monitoring/?agent=support-bot&version=v1&compare_version=v2")
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert page.count('<svg class="chart"') == 2 + 6  # stop reasons per series + 6 line charts
+    assert "support-bot · v1" in page and "support-bot · v2" in page
+    assert 'class="sr-ok"' in page
+    assert "css/monitoring.css" in page
+    assert " style=" not in page
+    assert "<script>" not in page  # only the layout's external scripts
+    assert "/monitoring/export?format=jsonl&amp;agent=support-bot" in page
+
+
+@pytest.mark.django_db
+def test_the_dashboard_reads_rollups_only_with_a_fixed_number_of_queries(
+    rolled_up, oncall, client, django_assert_num_queries
+):
+    client.force_login(oncall.user)
+    client.get("/monitoring/")  # warm the session and role caches
+
+    # session, user, role, console chrome (2), agents named, 2 series, versions, alerts
+    with django_assert_num_queries(10) as captured:
+        response = client.get("/monitoring/?agent=support-bot&compare_version=v2")
+    assert response.status_code == 200
+    sql = " ".join(query["sql"] for query in captured.captured_queries)
+    assert "agents_traceevent" not in sql and "agents_toolcall" not in sql
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "path",
+    ["/monitoring/", "/monitoring/drift/", "/monitoring/golden/", "/monitoring/dry-run"],
+)
+def test_monitoring_pages_need_a_login_and_a_role(path, client, outsider, oncall):
+    assert client.get(path).status_code == 302
+    client.force_login(outsider.user)
+    assert client.get(path).status_code == 403
+    client.force_login(oncall.user)
+    assert client.get(path).status_code == 200
+
+
+@pytest.mark.django_db
+def test_marking_golden_from_the_console_and_replaying_the_golden_set(agent, oncall, client):
+    client.force_login(oncall.user)
+    run = finished_run(agent.agent, calls=2)
+
+    response = client.post("/monitoring/golden/mark", {"run_id": run.pk, "note": "happy path"})
+    again = client.post("/monitoring/golden/mark", {"run_id": run.pk})
+
+    assert response.status_code == again.status_code == 302
+    from agents.models import GoldenRun
+    from opsconsole.models import AuditEntry
+
+    assert GoldenRun.objects.get().note == "happy path"
+    assert (
+        AuditEntry.objects.filter(action="run.golden_mark", actor="user:olivia-oncall").count() == 1
+    )
+    page = client.get("/monitoring/golden/?replay=1").content.decode()
+    assert "No difference in 1 run" in page
+    replayed = client.get(f"/monitoring/runs/{run.pk}/replay")
+    assert replayed.status_code == 200 and "same" in replayed.content.decode()
+    assert client.post(f"/monitoring/golden/{run.pk}/unmark").status_code == 302
+    assert not GoldenRun.objects.exists()
+    assert client.get("/monitoring/golden/mark").status_code == 405
+
+
+@pytest.mark.django_db
+def test_the_dry_run_page_says_how_many_recent_runs_a_draft_would_stop(agent, oncall, client):
+    client.force_login(oncall.user)
+    for _ in range(2):
+        finished_run(agent.agent, calls=2)
+    finished_run(agent.agent, calls=0)
+    draft = "tools: {allow: []}\nbudgets: {max_tool_calls: 15}\n"
+
+    response = client.post("/monitoring/dry-run", {"document": draft, "limit": 1000})
+    bad = client.post("/monitoring/dry-run", {"document": "tools: {allow: 7}", "limit": 10})
+
+    assert response.status_code == 200
+    assert "This change would have stopped 2 of the last 3 runs" in response.content.decode()
+    assert "tool_denied:search.read" in response.content.decode()
+    assert bad.status_code == 422
