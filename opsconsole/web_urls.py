@@ -19,4 +19,5 @@ urlpatterns = [
     path("approvals/", include("approvals.urls")),
     path("kill-switch/", views.kill_switch, name="kill_switch"),
     path("audit/", views.audit, name="audit"),
+    path("monitoring/", include("agents.monitoring_urls")),
 ]
