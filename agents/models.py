@@ -216,6 +216,9 @@ class ToolCall(models.Model):
     valid = models.BooleanField(null=True, blank=True)
     validation_errors = models.JSONField(default=list, blank=True)
     reported_at = models.DateTimeField(null=True, blank=True)
+    # What was reported (ok, output, error), hashed: a retried report is recognised even when
+    # an invalid output was not kept.
+    result_hash = models.CharField(max_length=64, blank=True)
 
     class Meta:
         constraints = [

@@ -721,12 +721,9 @@ def tool_call_report(
             raise NotFound(f"No tool call {tool_call_id} for this agent.")
         run = _lock_run(agent=agent, run_id=tool_call.run_id)
         tool_call = ToolCall.objects.select_for_update().get(pk=tool_call_id)
+        result_hash = canonical_hash({"ok": ok, "output": output, "error": error or ""})
         if tool_call.reported_at is not None:
-            same = (tool_call.result_ok, tool_call.output, tool_call.error) == (
-                ok,
-                output,
-                error or "",
-            )
+            same = tool_call.result_hash == result_hash
             if not same:
                 raise Conflict(
                     "A different result was already reported for this call.",
@@ -751,6 +748,7 @@ def tool_call_report(
         tool_call.valid = not errors
         tool_call.validation_errors = errors
         tool_call.reported_at = now
+        tool_call.result_hash = result_hash
         tool_call.save()
         _run_event(
             run,
@@ -827,11 +825,15 @@ def run_finish(*, agent: Agent, run_id: int, status: str, answer: str = "", erro
         return run
 
 
-def run_stop(*, run_id: int, reason: str, detail: str = "") -> bool:
-    """Stop an active run for a server-side reason (reaper, kill switch). False if already ended."""
+def run_stop(
+    *, run_id: int, reason: str, detail: str = "", statuses: tuple[str, ...] = ACTIVE_STATUSES
+) -> bool:
+    """Stop a run in one of ``statuses`` for a server-side reason (reaper, kill switch).
+
+    False if it is no longer in one of them (already ended, say)."""
     with transaction.atomic():
         run = Run.objects.select_for_update().select_related("agent").filter(pk=run_id).first()
-        if run is None or not run.is_active:
+        if run is None or run.status not in statuses:
             return False
         _stop_run(run, reason, detail)
         return True
@@ -863,10 +865,14 @@ def run_cancel(*, run_id: int, actor: str, reason: str = "") -> Run:
 
 
 def runs_reap_silent(*, grace_seconds: int) -> int:
-    """Stop runs silent past their max_seconds (plus grace) with ``max_seconds``."""
+    """Stop runs silent past their max_seconds (plus grace) with ``max_seconds``.
+
+    A run waiting for an approval is not silent: its agent is long-polling, and the request's
+    own expiry ends it with ``approval_timeout`` if nobody decides.
+    """
     now = timezone.now()
     candidates = Run.objects.filter(
-        status__in=ACTIVE_STATUSES, max_seconds__isnull=False
+        status=RunStatus.RUNNING, max_seconds__isnull=False
     ).values_list("pk", "started_at", "max_seconds")
     stopped = 0
     for run_id, started_at, max_seconds in candidates:
@@ -874,6 +880,7 @@ def runs_reap_silent(*, grace_seconds: int) -> int:
             run_id=run_id,
             reason=stop_reasons.MAX_SECONDS,
             detail="silent past max_seconds; stopped by the server",
+            statuses=(RunStatus.RUNNING,),
         ):
             stopped += 1
     return stopped

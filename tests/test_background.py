@@ -404,3 +404,18 @@ def test_tasks_have_explicit_names():
 
 def test_agent_services_stop_a_run_once():
     assert services.run_stop(run_id=999999, reason="cancelled") is False
+
+
+def test_a_run_waiting_for_approval_is_not_reaped_its_request_expires_instead(
+    world, start_run, settings
+):
+    settings.OPSCONSOLE_REAP_GRACE_SECONDS = 0
+    run = start_run(budgets={"max_seconds": 10})
+    pending = ask(world, run["id"], "email.send", {"to": "x"})  # approval timeout 30 s > 10 s
+    Run.objects.filter(pk=run["id"]).update(started_at=timezone.now() - timedelta(seconds=20))
+    assert reap_runs.delay().get() == 0
+    assert Run.objects.get(pk=run["id"]).status == "waiting_approval"
+
+    ApprovalRequest.objects.filter(pk=pending["approval"]["id"]).update(expires_at=timezone.now())
+    expire_approvals.delay().get()
+    assert Run.objects.get(pk=run["id"]).stop_reason == "approval_timeout:email.send"

@@ -682,3 +682,18 @@ def test_float_costs_are_rounded_to_micro_dollars_not_refused(agent, start_run):
     assert str(Run.objects.get(pk=run["id"]).usd) == "0.300000"
     tiny = agent.api.post_json(f"/api/v1/runs/{run['id']}/steps", {"usd": 1e-7})
     assert tiny.status_code == 200
+
+
+def test_a_retried_report_of_an_invalid_output_gets_the_original_answer(
+    agent, start_run, publish_policy
+):
+    publish_policy(WRITE_POLICY)
+    run = start_run()
+    allowed = call(agent, run["id"], "kb.read", {"q": 1})
+    first = report(agent, allowed["id"], output={"text": 5})
+    again = report(agent, allowed["id"], output={"text": 5})
+    assert again.status_code == 200
+    assert (
+        again.json()["stop_reason"] == first.json()["stop_reason"] == "invalid_tool_output:kb.read"
+    )
+    assert report(agent, allowed["id"], output={"text": 6}).status_code == 409
