@@ -10,7 +10,15 @@
   "use strict";
 
   var body = document.body;
-  if (!body || !body.dataset.liveUrl) return;
+  if (!body) return;
+
+  // Forms that ask first (no inline on* handlers: the console runs under a strict CSP).
+  document.addEventListener("submit", function (event) {
+    var question = event.target.dataset && event.target.dataset.confirm;
+    if (question && !window.confirm(question)) event.preventDefault();
+  });
+
+  if (!body.dataset.liveUrl) return;
 
   // htmx: let form errors (422) and refusals (409) swap in like any answer.
   if (window.htmx) {
@@ -66,8 +74,8 @@
     }
     el.classList.remove("level-ok", "level-warn", "level-bad", "level-none");
     el.classList.add("level-" + level);
-    var bar = el.querySelector("i");
-    if (bar) bar.style.width = percent + "%";
+    var bar = el.tagName === "PROGRESS" ? el : el.querySelector("progress");
+    if (bar) bar.value = percent;
     var value = el.querySelector(".meter-value");
     var text = fmt(name, used) + " / " + fmt(name, limit);
     if (value) value.textContent = text;
