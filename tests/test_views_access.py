@@ -131,3 +131,22 @@ def test_the_kill_switch_banner_shows_on_every_page_while_it_is_on(oncall, admin
         page = client.get(reverse(name)).content.decode()
         assert 'id="killswitch-banner" class="banner" role="alert">' in page, name
         assert "vendor outage" in page
+
+
+def test_pages_carry_no_inline_styles_or_handlers_so_a_strict_csp_holds(admin, agent, start_run):
+    import re
+
+    run = start_run()
+    agent.api.post_json(f"/api/v1/runs/{run['id']}/tool-calls", {"tool": "kb.read", "args": {}})
+    client = logged_in(admin)
+    pages = [reverse(name) for name in ONCALL_PAGES + ADMIN_PAGES if name != "policy:export"]
+    pages += [
+        reverse("runs:detail", args=[run["id"]]),
+        reverse("agents:detail", args=["support-bot"]),
+        reverse("policy:version", args=[1]),
+    ]
+    for url in pages:
+        html = client.get(url).content.decode()
+        assert not re.search(r"\sstyle=", html), url
+        assert not re.search(r"\son[a-z]+=", html), url
+        assert "<script>" not in html, url
