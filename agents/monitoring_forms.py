@@ -16,11 +16,9 @@ from agents.models import (
 )
 from agents.monitoring import SeriesKey
 
-# How far back each bucket size looks, in buckets.
-SPANS = {
-    BucketSize.HOUR: [(24, "24 hours"), (48, "48 hours"), (168, "7 days")],
-    BucketSize.DAY: [(14, "14 days"), (30, "30 days"), (90, "90 days")],
-}
+# How many buckets (hours or days) the charts span.
+SPANS = [(24, "last 24"), (48, "last 48"), (90, "last 90"), (168, "last 168")]
+DEFAULT_SPAN = 48
 
 
 class DashboardForm(forms.Form):
@@ -32,13 +30,14 @@ class DashboardForm(forms.Form):
     buckets = forms.TypedChoiceField(
         required=False,
         coerce=int,
-        choices=sorted({(n, label) for spans in SPANS.values() for n, label in spans}),
+        choices=SPANS,
+        initial=DEFAULT_SPAN,
     )
 
     def query(self) -> dict[str, Any]:
         data = getattr(self, "cleaned_data", {})
         size = data.get("size") or BucketSize.HOUR
-        buckets = data.get("buckets") or SPANS[size][1][0]
+        buckets = data.get("buckets") or DEFAULT_SPAN
         keys = [SeriesKey(data.get("agent") or "", data.get("version") or "")]
         if data.get("compare_agent") or data.get("compare_version"):
             keys.append(

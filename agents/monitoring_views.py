@@ -26,7 +26,13 @@ from agents import charts, exports, monitoring, replay, selectors
 from agents.forms import RunFilterForm
 from agents.metrics import exposition
 from agents.models import BucketSize, DriftMetric
-from agents.monitoring_forms import DashboardForm, DriftRuleForm, DryRunForm, GoldenMarkForm
+from agents.monitoring_forms import (
+    DEFAULT_SPAN,
+    DashboardForm,
+    DriftRuleForm,
+    DryRunForm,
+    GoldenMarkForm,
+)
 from agents.policy import PolicyError, parse_yaml
 from opsconsole import roles
 from opsconsole.audit import actor_name
@@ -44,7 +50,7 @@ LINE_CHARTS = [
         "Approval wait (s)",
         [("approval_wait_p50", "p50", "p50"), ("approval_wait_p95", "p95", "p95")],
     ),
-    ("Runs ended", [("runs", "runs", "p50")]),
+    ("Runs ended", [("runs", "runs", "count")]),
 ]
 
 
@@ -54,7 +60,10 @@ LINE_CHARTS = [
 @role_required(roles.ONCALL)
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
-    form = DashboardForm(request.GET)
+    params = request.GET.copy()
+    params.setdefault("size", BucketSize.HOUR)
+    params.setdefault("buckets", str(DEFAULT_SPAN))  # so the form shows what is drawn
+    form = DashboardForm(params)
     form.is_valid()  # invalid choices fall back to the defaults
     query = form.query()
     board = monitoring.dashboard(**query)
