@@ -340,7 +340,11 @@ def _cancel_pending_approvals(run: Run, reason: str) -> None:
         ToolCall.objects.filter(pk=request.tool_call_id).update(
             decision=Decision.STOP, stop_reason=reason
         )
-    broadcast([group_for("approvals")], "approvals.removed", {"ids": [r.pk for r in pending]})
+    broadcast(
+        [group_for("approvals")],
+        "approvals.removed",
+        {"ids": [r.pk for r in pending], "status": ApprovalStatus.CANCELLED},
+    )
 
 
 @dataclass
@@ -851,6 +855,7 @@ def run_cancel(*, run_id: int, actor: str, reason: str = "") -> Run:
                 code="run_ended",
                 extra={"stop_reason": run.stop_reason},
             )
+        before = {"status": run.status}
         _stop_run(run, stop_reasons.CANCELLED, reason or f"cancelled by {actor}")
         audit_record(
             actor=actor,
@@ -858,7 +863,7 @@ def run_cancel(*, run_id: int, actor: str, reason: str = "") -> Run:
             target_type="run",
             target_id=run.pk,
             reason=reason,
-            before={"status": "running"},
+            before=before,
             after={"status": run.status, "stop_reason": run.stop_reason},
         )
         return run
