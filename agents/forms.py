@@ -119,7 +119,7 @@ class _ReasonForm(forms.Form):
 
     def clean_reason(self) -> str:
         reason = self.cleaned_data["reason"].strip()
-        if not reason:
+        if not reason and self.fields["reason"].required:
             raise forms.ValidationError("A reason is required.")
         return reason
 
@@ -340,7 +340,11 @@ class BudgetsForm(_ReasonForm):
         agent = data.get("agent") or ""
         if agent:
             tools = sorted({t.strip() for t in (data.get("allow") or "").split(",") if t.strip()})
-            document["agents"][agent] = {"allow": tools or None, "budgets": budgets}
+            document["agents"][agent] = {
+                **document["agents"].get(agent, {}),
+                "allow": tools or None,
+                "budgets": budgets,
+            }
         else:
             document["budgets"] = budgets
         for message in _document_errors(document):

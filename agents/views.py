@@ -23,6 +23,7 @@ from agents.forms import (
 )
 from agents.models import AgentKey
 from agents.policy import dump_yaml
+from agents.replay import policy_dry_run
 from opsconsole import roles
 from opsconsole.audit import actor_name
 from opsconsole.decorators import role_required
@@ -308,15 +309,28 @@ def policy_current(request: HttpRequest) -> HttpResponse:
 def policy_edit(request: HttpRequest) -> HttpResponse:
     """The whole policy as YAML (pasted or uploaded): this is also the import."""
     policy = selectors.policy_current()
+    dry_run = None
     if request.method == "POST":
         form = PolicyYamlForm(request.POST, request.FILES)
-        if form.is_valid() and _publish(request, form, form.cleaned_data["document"]):
-            return redirect("policy:current")
-        status = 422
+        preview = "preview" in request.POST
+        if preview:
+            form.fields["reason"].required = False  # nothing is saved by a dry run
+        if form.is_valid():
+            if preview:
+                # "This change would have stopped N of the last 1,000 runs": replayed, no tool called.
+                dry_run = policy_dry_run(form.cleaned_data["document"])
+            elif _publish(request, form, form.cleaned_data["document"]):
+                return redirect("policy:current")
+        status = 200 if dry_run is not None else 422
     else:
         form = PolicyYamlForm(initial={"yaml": dump_yaml(policy.document)})
         status = 200
-    return render(request, "policy/edit.html", {"form": form, "policy": policy}, status=status)
+    return render(
+        request,
+        "policy/edit.html",
+        {"form": form, "policy": policy, "dry_run": dry_run},
+        status=status,
+    )
 
 
 @role_required(roles.ADMIN)
