@@ -36,3 +36,23 @@ class AuditFilterForm(forms.Form):
     target_type = forms.CharField(required=False, max_length=64)
     target_id = forms.CharField(required=False, max_length=64)
     before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+
+
+class WebhookEndpointForm(forms.Form):
+    name = forms.SlugField(max_length=100)
+    url = forms.URLField(max_length=500, assume_scheme="https")
+    secret = forms.CharField(
+        max_length=200, min_length=16, help_text="at least 16 characters; signs every request"
+    )
+    format = forms.ChoiceField(choices=[("generic", "Generic JSON"), ("slack", "Slack-compatible")])
+    events = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="none checked: every event",
+    )
+
+    def __init__(self, *args, **kwargs):
+        from opsconsole.notifications import EVENTS
+
+        super().__init__(*args, **kwargs)
+        self.fields["events"].choices = [(event, event) for event in EVENTS]

@@ -10,11 +10,11 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from agents import selectors as agent_selectors
 from agents.selectors import kill_switch_current
-from opsconsole import roles
+from opsconsole import notifications, roles
 from opsconsole.audit import actor_name
 from opsconsole.decorators import role_required
 from opsconsole.errors import ServiceError
-from opsconsole.forms import AuditFilterForm, KillSwitchForm
+from opsconsole.forms import AuditFilterForm, KillSwitchForm, WebhookEndpointForm
 from opsconsole.models import KillSwitchMode
 from opsconsole.selectors import audit_page
 from opsconsole.services import kill_switch_set
@@ -115,3 +115,50 @@ def healthz(request: HttpRequest) -> JsonResponse:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return JsonResponse({"status": "ok"})
+
+
+@role_required(roles.ADMIN)
+@require_http_methods(["GET", "POST"])
+def webhooks(request: HttpRequest) -> HttpResponse:
+    """Admins add endpoints, switch them off and on, and see (and retry) failed deliveries."""
+    form = WebhookEndpointForm()
+    status = 200
+    if request.method == "POST":
+        actor = actor_name(request.user)
+        action = request.POST.get("action", "create")
+        try:
+            if action == "create":
+                form = WebhookEndpointForm(request.POST)
+                if form.is_valid():
+                    notifications.webhook_endpoint_create(actor=actor, **form.cleaned_data)
+                    messages.success(request, f"Endpoint {form.cleaned_data['name']} added.")
+                    return redirect("webhooks")
+                status = 422
+            elif action in {"enable", "disable"}:
+                notifications.webhook_endpoint_set_enabled(
+                    endpoint_id=_int(request.POST.get("endpoint")),
+                    enabled=action == "enable",
+                    actor=actor,
+                )
+                return redirect("webhooks")
+            elif action == "retry":
+                if not notifications.webhook_delivery_retry(
+                    delivery_id=_int(request.POST.get("delivery")), actor=actor
+                ):
+                    messages.error(request, "Only a failed delivery can be retried.")
+                return redirect("webhooks")
+            else:
+                messages.error(request, f"Unknown action {action!r}.")
+                status = 400
+        except ServiceError as error:
+            form.add_error(None, str(error.detail))
+            status = error.status
+    context = {"form": form, **notifications.webhook_overview()}
+    return render(request, "webhooks.html", context, status=status)
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or "")
+    except ValueError:
+        return 0

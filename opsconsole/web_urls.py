@@ -19,5 +19,6 @@ urlpatterns = [
     path("approvals/", include("approvals.urls")),
     path("kill-switch/", views.kill_switch, name="kill_switch"),
     path("audit/", views.audit, name="audit"),
+    path("webhooks/", views.webhooks, name="webhooks"),
     path("monitoring/", include("agents.monitoring_urls")),
 ]
