@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Subquery
 
 from agents.models import Agent, PolicyVersion, Run, ToolCall
 from agents.policy import Policy
@@ -55,7 +55,11 @@ def tool_call_get_for_agent(*, agent: Agent, tool_call_id: int) -> ToolCall:
 def run_list(*, agent: str | None = None, status: str | None = None) -> QuerySet[Run]:
     runs = Run.objects.select_related("agent").order_by("-started_at", "-id")
     if agent:
-        runs = runs.filter(agent__name=agent)
+        # The agent's id as a scalar subquery, not a join on its name: PostgreSQL then scans
+        # run_agent_list_idx for that one id in list order and stops after a page, instead of
+        # collecting every matching run of the agent and sorting them (50 ms at a million runs).
+        agent_id = Agent.objects.filter(name=agent).values("id")[:1]
+        runs = runs.filter(agent_id=Subquery(agent_id))
     if status:
         runs = runs.filter(status=status)
     return runs
@@ -88,6 +92,17 @@ class KeysetCursor:
     def encode(self) -> str:
         micros = (self.moment - self.EPOCH) // timedelta(microseconds=1)
         return f"{micros}-{self.id}"
+
+    def older_q(self, field: str) -> Q:
+        """Rows after this one in ``(-field, -id)`` order.
+
+        ``field <= moment`` is implied by the rest but is what lets the index start at the
+        cursor: with the bare OR the database walks the index from the newest row and filters
+        everything before the cursor (a page 95% of the way back read 950,000 rows).
+        """
+        return Q(**{f"{field}__lte": self.moment}) & (
+            Q(**{f"{field}__lt": self.moment}) | Q(**{field: self.moment, "id__lt": self.id})
+        )
 
     @classmethod
     def decode(cls, raw: str) -> KeysetCursor | None:
@@ -131,9 +146,7 @@ def run_page(
     if search:
         runs = runs.filter(task__icontains=search)
     if after:
-        runs = runs.filter(
-            Q(started_at__lt=after.moment) | Q(started_at=after.moment, id__lt=after.id)
-        )
+        runs = runs.filter(after.older_q("started_at"))
     rows = list(runs.defer("metadata", "answer", "error", "request_hash")[: limit + 1])
     if len(rows) <= limit:
         return rows, None
