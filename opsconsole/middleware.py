@@ -10,6 +10,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from opsconsole.api_errors import TOO_LARGE, UNAVAILABLE
 
+NOT_FOUND = {"error": "not_found", "detail": "No such API resource."}
+
 logger = logging.getLogger("opsconsole")
 
 
@@ -31,9 +33,20 @@ class ControlPlaneUnavailableMiddleware:
         ):
             # Refused before the body is read, so a huge upload costs nothing.
             return JsonResponse(TOO_LARGE, status=413)
-        return self.get_response(request)
+        response = self.get_response(request)
+        if (
+            response.status_code == 404
+            and request.path.startswith("/api/")
+            and not response.get("Content-Type", "").startswith("application/json")
+        ):
+            # A URL no API route matches (e.g. /api/v1/runs/-1) gets the API's error shape.
+            return JsonResponse(NOT_FOUND, status=404)
+        return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, OverflowError) and request.path.startswith("/api/"):
+            # An id past the database's integer range (SQLite raises OverflowError): no such row.
+            return JsonResponse(NOT_FOUND, status=404)
         if not isinstance(exception, OperationalError | InterfaceError | DatabaseError):
             return None
         logger.warning("database unavailable: %s", exception)

@@ -54,3 +54,57 @@ def add_long_poll_path(result, generator, request, public):
         }
     }
     return result
+
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "description": 'The one error shape: {"error": "<code>", "detail": ...}, sometimes with more '
+    "fields (stop_reason, status, limit_bytes, ...).",
+    "required": ["error", "detail"],
+    "properties": {"error": {"type": "string"}, "detail": {}},
+    "additionalProperties": True,
+}
+ERROR_MEANINGS = {
+    "400": "malformed request (bad JSON, missing or invalid fields)",
+    "401": "no key, or an unknown or revoked key",
+    "403": "the key's owner may not do this (wrong kind of caller or role)",
+    "404": "no such object for this caller (another agent's objects are 404 too)",
+    "409": "conflict: the run already ended, the request was already decided, an idempotency "
+    "key reused with other content",
+    "413": "payload too large (body, or a tool call's args: args_too_large)",
+    "422": "fails validation",
+    "429": "rate limited: retry after Retry-After seconds",
+    "503": "the control plane cannot decide: treat as a stop",
+}
+RATE_LIMITED_OPERATIONS = {"run_create", "tool_call_create"}
+
+
+def add_error_responses(result, generator, request, public):
+    """Declare the error answers each API operation can give, in the one error shape."""
+    result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    for path, operations in result.get("paths", {}).items():
+        if not path.startswith("/api/v1/") or path.startswith("/api/v1/schema"):
+            continue
+        for method, operation in operations.items():
+            codes = ["400", "401", "403", "503"]
+            if "{" in path:
+                codes.append("404")
+            if method in ("post", "put"):
+                codes += ["409", "413", "422"]
+            if operation.get("operationId") in RATE_LIMITED_OPERATIONS:
+                codes.append("429")
+            responses = operation.setdefault("responses", {})
+            for code in codes:
+                response = responses.setdefault(code, {"description": ERROR_MEANINGS[code]})
+                response.setdefault(
+                    "content",
+                    {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                )
+                if code == "429":
+                    response["headers"] = {
+                        "Retry-After": {
+                            "schema": {"type": "integer"},
+                            "description": "seconds until the limit lifts",
+                        }
+                    }
+    return result

@@ -253,6 +253,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "opsconsole.schema.add_long_poll_path",
+        "opsconsole.schema.add_error_responses",
     ],
 }
 # Requests larger than this are refused with 413 before they are parsed.
