@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from rest_framework import serializers
 
@@ -20,9 +20,12 @@ class UsdField(serializers.DecimalField):
         )
 
     def validate_precision(self, value: Decimal) -> Decimal:
-        return super().validate_precision(
-            value.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
-        )
+        try:
+            rounded = value.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+        except InvalidOperation:
+            # A number like 1e308 cannot be rounded to micro-dollars (found by the API fuzzer).
+            self.fail("max_digits", max_digits=self.max_digits)
+        return super().validate_precision(rounded)
 
 
 class BudgetsSerializer(serializers.Serializer):

@@ -108,3 +108,39 @@ def add_error_responses(result, generator, request, public):
                         }
                     }
     return result
+
+
+def _link(operation_id: str, parameter: str, source: str) -> dict:
+    return {"operationId": operation_id, "parameters": {parameter: f"$response.body#/{source}"}}
+
+
+# What a client does next with an answer (OpenAPI links): used by clients, docs and stateful
+# fuzzing (schemathesis follows them, so calls after the first hit real objects).
+LINKS = {
+    ("run_create", "201"): {
+        "GetRun": _link("run_get", "run_id", "id"),
+        "RecordStep": _link("step_create", "run_id", "id"),
+        "DecideToolCall": _link("tool_call_create", "run_id", "id"),
+        "FinishRun": _link("run_finish", "run_id", "id"),
+        "CancelRun": _link("run_cancel", "run_id", "id"),
+    },
+    ("tool_call_create", "200"): {
+        "ReportResult": _link("tool_call_result", "tool_call_id", "id"),
+        "PollToolCall": _link("tool_call_get", "tool_call_id", "id"),
+        "GetRun": _link("run_get", "run_id", "run/id"),
+    },
+    ("approval_list", "200"): {
+        "DecideApproval": _link("approval_decide", "request_id", "results/0/id"),
+    },
+}
+
+
+def add_links(result, generator, request, public):
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            for (operation_id, code), links in LINKS.items():
+                if operation.get("operationId") == operation_id and code in operation.get(
+                    "responses", {}
+                ):
+                    operation["responses"][code]["links"] = links
+    return result

@@ -254,6 +254,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "opsconsole.schema.add_long_poll_path",
         "opsconsole.schema.add_error_responses",
+        "opsconsole.schema.add_links",
     ],
 }
 # Requests larger than this are refused with 413 before they are parsed.

@@ -395,3 +395,18 @@ def test_check_deploy_is_clean_on_production_settings(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/runs/99999999999999999999",  # past any integer column
+        "/api/v1/tool-calls/99999999999999999999",  # the async long-poll view
+        "/api/v1/runs/-1",  # matches no route
+        "/api/v1/no-such-endpoint",
+    ],
+)
+def test_ids_out_of_range_and_unknown_api_urls_are_a_json_404(agent, path):
+    response = agent.api.get(path)
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"

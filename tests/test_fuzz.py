@@ -72,3 +72,46 @@ def test_no_request_gets_a_5xx_or_an_answer_outside_the_schema(case, keys):
     case.call_and_validate(
         headers=_auth(case), excluded_checks=[positive_data_acceptance, negative_data_rejection]
     )
+
+
+STATEFUL_EXAMPLES = 15
+
+
+def test_sequences_following_the_schema_links_get_no_5xx_and_conform(keys):
+    """Stateful: create a run, then record steps, decide tool calls, report results, poll,
+    finish or cancel it (the schema's links), in any order Hypothesis picks."""
+
+    answered: set[tuple[str, int]] = set()
+
+    class Sequences(schema.as_state_machine()):
+        def after_call(self, response, case):
+            answered.add((case.operation.label, response.status_code))
+
+        def get_call_kwargs(self, case):
+            return {"headers": _auth(case)}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(
+                response,
+                headers=kwargs.get("headers"),
+                excluded_checks=[positive_data_acceptance, negative_data_rejection],
+                transport_kwargs=kwargs,
+            )
+
+    Sequences.run(
+        settings=settings(
+            max_examples=STATEFUL_EXAMPLES,
+            stateful_step_count=8,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    # The links were followed: calls on a run created earlier in the sequence succeeded.
+    assert ("POST /api/v1/runs", 201) in answered
+    linked = {
+        "POST /api/v1/runs/{run_id}/steps",
+        "POST /api/v1/runs/{run_id}/tool-calls",
+        "GET /api/v1/runs/{run_id}",
+        "POST /api/v1/runs/{run_id}/finish",
+    }
+    assert {(label, 200) for label in linked} & answered, sorted(answered)

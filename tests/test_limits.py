@@ -280,3 +280,13 @@ def test_one_address_trying_many_usernames_is_locked_out(login_client, oncall):
     response = _login(login_client, oncall.user.username, oncall.password)
 
     assert response.status_code == 429
+
+
+@pytest.mark.parametrize("usd", [1e308, -1.7634394084171898e308, 1e30])
+def test_a_cost_too_large_to_round_is_a_400_not_a_500(agent, start_run, usd):
+    """Found by the API fuzzer: rounding 1e308 to micro-dollars raised InvalidOperation."""
+    run = start_run()
+    response = agent.api.post_json(f"/api/v1/runs/{run['id']}/steps", {"usd": usd})
+    assert response.status_code == 400
+    assert response.json()["error"] == "malformed"
+    assert Run.objects.get(pk=run["id"]).steps == 0
