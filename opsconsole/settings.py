@@ -170,7 +170,10 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # channels_redis waits for messages with a 5 s BZPOPMIN; redis-py 8 reads with a 5 s
+            # socket timeout by default, which cut every idle websocket every 5 s. A longer
+            # read timeout keeps idle sockets open and still notices a dead Redis.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}]},
         }
     }
     CELERY_BROKER_URL = REDIS_URL
