@@ -28,12 +28,29 @@ class UsdField(serializers.DecimalField):
         return super().validate_precision(rounded)
 
 
+# The largest values the run's columns hold (found by the API fuzzer: a larger max_usd was
+# stored by SQLite and then made every read of the run fail).
+_INT_MAX = 2_147_483_647
+_BIGINT_MAX = 9_223_372_036_854_775_807
+_USD_MAX = 999_999.999999
+
+
 class BudgetsSerializer(serializers.Serializer):
-    max_steps = serializers.IntegerField(min_value=0, required=False, allow_null=True)
-    max_seconds = serializers.IntegerField(min_value=0, required=False, allow_null=True)
-    max_tool_calls = serializers.IntegerField(min_value=0, required=False, allow_null=True)
-    max_usd = serializers.FloatField(min_value=0, required=False, allow_null=True)
-    max_tokens = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    max_steps = serializers.IntegerField(
+        min_value=0, max_value=_INT_MAX, required=False, allow_null=True
+    )
+    max_seconds = serializers.IntegerField(
+        min_value=0, max_value=_INT_MAX, required=False, allow_null=True
+    )
+    max_tool_calls = serializers.IntegerField(
+        min_value=0, max_value=_INT_MAX, required=False, allow_null=True
+    )
+    max_usd = serializers.FloatField(
+        min_value=0, max_value=_USD_MAX, required=False, allow_null=True
+    )
+    max_tokens = serializers.IntegerField(
+        min_value=0, max_value=_BIGINT_MAX, required=False, allow_null=True
+    )
 
     def to_internal_value(self, data):
         if isinstance(data, dict):

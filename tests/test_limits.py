@@ -290,3 +290,15 @@ def test_a_cost_too_large_to_round_is_a_400_not_a_500(agent, start_run, usd):
     assert response.status_code == 400
     assert response.json()["error"] == "malformed"
     assert Run.objects.get(pk=run["id"]).steps == 0
+
+
+@pytest.mark.parametrize(
+    "budgets",
+    [{"max_usd": 1e300}, {"max_steps": 10**12}, {"max_tool_calls": 2**31}, {"max_tokens": 2**64}],
+)
+def test_budgets_larger_than_the_columns_hold_are_a_400(agent, budgets):
+    """Found by the API fuzzer: SQLite stored max_usd=1e300, then every read of the run 500ed."""
+    response = agent.api.post_json("/api/v1/runs", {"task": "t", "budgets": budgets})
+    assert response.status_code == 400
+    assert response.json()["error"] == "malformed"
+    assert not Run.objects.filter(agent=agent.agent).exists()
