@@ -158,19 +158,29 @@ MAX_JSON_DEPTH = 64
 
 def json_depth(value: Any) -> int:
     """How deeply ``value`` nests lists and objects (iterative: no recursion limit to hit)."""
-    deepest, stack = 0, [(value, 1)]
+    return _walk(value)[0]
+
+
+def _walk(value: Any) -> tuple[int, bool]:
+    """(nesting depth, whether a string or key holds a NUL character)."""
+    deepest, nul, stack = 0, False, [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            item = list(item.values())
-        if isinstance(item, list):
+        if isinstance(item, str):
+            nul = nul or "\x00" in item
+        elif isinstance(item, dict):
+            deepest = max(deepest, depth)
+            nul = nul or any("\x00" in key for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
             deepest = max(deepest, depth)
             stack.extend((child, depth + 1) for child in item)
-    return deepest
+    return deepest, nul
 
 
 class JSONParser(parsers.JSONParser):
-    """DRF's JSON parser, refusing bodies nested past ``MAX_JSON_DEPTH`` with a 400.
+    """DRF's JSON parser, refusing bodies nested past ``MAX_JSON_DEPTH`` or holding U+0000
+    (which PostgreSQL cannot store) with a 400.
 
     Python's decoder raises RecursionError (a 500) on very deep nesting, and moderately deep
     documents would reach the recursion limit later, in schema validation or hashing.
@@ -181,6 +191,10 @@ class JSONParser(parsers.JSONParser):
             data = super().parse(stream, media_type, parser_context)
         except RecursionError:
             raise exceptions.ParseError("JSON parse error - nested too deeply.") from None
-        if json_depth(data) > MAX_JSON_DEPTH:
+        depth, nul = _walk(data)
+        if depth > MAX_JSON_DEPTH:
             raise exceptions.ParseError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels.")
+        if nul:
+            # PostgreSQL cannot store U+0000 in text or jsonb: refused here, not a 503 later.
+            raise exceptions.ParseError("JSON strings must not contain \\u0000.")
         return data

@@ -200,10 +200,21 @@ def test_a_body_over_the_cap_gets_413_before_it_is_read(agent, settings):
         '{"task": "x", "metadata": ' + '{"a": ' * 5_000 + "1" + "}" * 5_001,
         '{"task": "x", "metadata": ' + '{"a": ' * 70 + "1" + "}" * 71,  # parses, too deep
         '{"task": "\\ud800"}',  # a lone surrogate
+        '{"task": "a\\u0000b"}',  # PostgreSQL cannot store NUL: a 400, not a 503
+        '{"task": "x", "metadata": {"k\\u0000": 1}}',
         '{"task": NaN}',
         "\xff\xfe",
     ],
-    ids=["deep-array", "deep-object", "deep-70", "lone-surrogate", "nan", "not-utf8"],
+    ids=[
+        "deep-array",
+        "deep-object",
+        "deep-70",
+        "lone-surrogate",
+        "nul",
+        "nul-key",
+        "nan",
+        "not-utf8",
+    ],
 )
 def test_hostile_json_bodies_get_a_4xx_never_a_500(agent, body):
     response = agent.api.post(

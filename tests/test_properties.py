@@ -242,6 +242,34 @@ class GatewayMachine(RuleBasedStateMachine):
             self.call_keys[(run_id, key)] = (tool, args, call.pk)
         self.call_ids.append(call.pk)
 
+    @precondition(lambda self: self.run_ids)
+    @rule(data=st.data(), calls=st.integers(1, 8), steps=st.integers(0, 4))
+    def burst(self, data: st.DataObject, calls: int, steps: int) -> None:
+        """A busy agent: several distinct reads and steps in a row on one run, so runs meet
+        their budgets; the call that would pass max_tool_calls is the one stopped."""
+        run_id = self._pick_run(data)
+        for i in range(max(calls, steps)):
+            if i < steps:
+                services.step_record(agent=self.agent, run_id=run_id, tokens_in=10)
+            if i < calls:
+                before = Run.objects.get(pk=run_id)
+                call = services.tool_call_decide(
+                    agent=self.agent,
+                    run_id=run_id,
+                    tool="kb.read",
+                    args={"q": f"burst-{run_id}-{before.tool_calls}-{i}"},
+                )
+                over = before.is_active and before.tool_calls + 1 > before.max_tool_calls
+                # Earlier checks in the decision order win: stop_all, then max_seconds.
+                first = self.kill_mode != "stop_all" and before.seconds <= before.max_seconds
+                if over and first:
+                    assert (call.decision, call.stop_reason) == (
+                        Decision.STOP,
+                        stop_reasons.MAX_TOOL_CALLS,
+                    )
+                if call.pk is not None:
+                    self.call_ids.append(call.pk)
+
     @precondition(lambda self: self.call_keys)
     @rule(data=st.data())
     def retry_tool_call(self, data: st.DataObject) -> None:
