@@ -143,6 +143,9 @@ def main() -> None:
         **os.environ,
         "DATABASE_URL": bench_database_url(server_url),
         "OPSCONSOLE_LOG_LEVEL": "WARNING",
+        # One bench agent makes thousands of calls: rate limits would measure themselves.
+        "OPSCONSOLE_RATE_RUNS": "off",
+        "OPSCONSOLE_RATE_TOOL_CALLS": "off",
     }
     env.pop("REDIS_URL", None)
     print("preparing database opsconsole_bench ...", flush=True)
