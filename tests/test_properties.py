@@ -23,7 +23,7 @@ from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -71,7 +71,8 @@ arguments = st.sampled_from(
 )
 # Rules that end runs act on one draw in four, so runs live long enough to do things.
 now_and_then = st.sampled_from([False, False, False, True])
-idempotency_keys = st.one_of(st.none(), st.sampled_from(["k1", "k2", "k3"]))
+# "fresh" is a key never used before (retried later by retry_tool_call); k1/k2 get reused.
+idempotency_keys = st.sampled_from(["fresh", "k1", None, "k2"])
 
 
 def policy_document(ceilings: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +123,7 @@ class GatewayMachine(RuleBasedStateMachine):
             self.reviewers.append(user)
         self.kill_mode = "off"
         self.started = 0
+        self.fresh_keys = 0
         self.run_ids: list[int] = []
         self.call_ids: list[int] = []
         # (run id, key) -> (tool, args, tool call id) of the first answer to that key.
@@ -214,6 +216,9 @@ class GatewayMachine(RuleBasedStateMachine):
     @rule(data=st.data(), tool=st.sampled_from(TOOLS), args=arguments, key=idempotency_keys)
     def tool_call(self, data: st.DataObject, tool: str, args: dict[str, Any], key: str | None):
         run_id = self._pick_run(data)
+        if key == "fresh":
+            self.fresh_keys += 1
+            key = f"fresh-{self.fresh_keys}"
         before = Run.objects.get(pk=run_id)
         remembered = self.call_keys.get((run_id, key)) if key else None
         try:
@@ -512,10 +517,66 @@ def test_budgets_and_approvals_hold_under_any_interleaving(db):
     run_state_machine_as_test(
         GatewayMachine,
         settings=settings(
-            max_examples=40,
-            stateful_step_count=40,
+            max_examples=30,
+            stateful_step_count=35,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
             database=None,
         ),
     )
+
+
+def _reject_still_allows(monkeypatch) -> None:
+    from approvals import services as approval_services
+
+    close = approval_services._close
+
+    def mutated(run, request, status, *, reason):
+        close(run, request, status, reason=reason)
+        ToolCall.objects.filter(pk=request.tool_call_id).update(decision=Decision.ALLOW)
+
+    monkeypatch.setattr(approval_services, "_close", mutated)
+
+
+def _budget_off_by_one(monkeypatch) -> None:
+    lock = services._lock_run
+
+    def mutated(*, agent, run_id):
+        run = lock(agent=agent, run_id=run_id)
+        run.max_tool_calls = (run.max_tool_calls or 0) + 1
+        return run
+
+    monkeypatch.setattr(services, "_lock_run", mutated)
+
+
+def _retry_spends_again(monkeypatch) -> None:
+    original = services._idempotent_tool_call
+
+    def mutated(existing, tool, args_hash):
+        Run.objects.filter(pk=existing.run_id).update(tool_calls=F("tool_calls") + 1)
+        return original(existing, tool, args_hash)
+
+    monkeypatch.setattr(services, "_idempotent_tool_call", mutated)
+
+
+@pytest.mark.parametrize(
+    "inject",
+    [_reject_still_allows, _budget_off_by_one, _retry_spends_again],
+    ids=lambda f: f.__name__,
+)
+def test_the_machine_finds_an_injected_bug(db, monkeypatch, inject):
+    """The property test can fail: each of these bugs is found (derandomized, no shrinking)."""
+    inject(monkeypatch)
+    with pytest.raises(AssertionError):
+        run_state_machine_as_test(
+            GatewayMachine,
+            settings=settings(
+                max_examples=30,
+                stateful_step_count=35,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+                database=None,
+                derandomize=True,
+                phases=[Phase.generate],
+            ),
+        )
