@@ -93,6 +93,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "opsconsole.security.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "opsconsole.middleware.ControlPlaneUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

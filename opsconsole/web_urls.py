@@ -7,11 +7,12 @@ from django.urls import include, path
 
 from agents import urls as agent_urls
 from opsconsole import views
+from opsconsole.login import ThrottledLoginView
 
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("healthz", views.healthz, name="healthz"),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("login/", ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("runs/", include((agent_urls.run_patterns, "runs"))),
     path("agents/", include((agent_urls.agent_patterns, "agents"))),

@@ -74,8 +74,10 @@ def test_no_request_gets_a_5xx_or_an_answer_outside_the_schema(case, keys):
     )
 
 
-# Enough sequences that some start with a valid run (15 sometimes drew none).
+# Sequences per run, drawn from a fixed seed: the same sequences on every run, so the check below
+# that the links were followed cannot pass or fail by the luck of the draw.
 STATEFUL_EXAMPLES = 40
+STATEFUL_SEED = 20261126
 
 
 def test_sequences_following_the_schema_links_get_no_5xx_and_conform(keys):
@@ -99,6 +101,7 @@ def test_sequences_following_the_schema_links_get_no_5xx_and_conform(keys):
                 transport_kwargs=kwargs,
             )
 
+    Sequences._hypothesis_internal_use_seed = STATEFUL_SEED  # what hypothesis.seed() sets
     Sequences.run(
         settings=settings(
             max_examples=STATEFUL_EXAMPLES,

@@ -8,7 +8,7 @@ import random
 
 import pytest
 from django.contrib.auth.views import LoginView
-from django.urls import include, path
+from django.urls import resolve, reverse
 
 from agents.models import Run, ToolCall
 from opsconsole import limits, login
@@ -20,12 +20,6 @@ tools:
 budgets: {max_tool_calls: 100, max_steps: 100, max_seconds: 600}
 loop: {max_repeats: 100}
 """
-
-# The login tests serve ThrottledLoginView at /login/ whatever web_urls.py holds today.
-urlpatterns = [
-    path("login/", ThrottledLoginView.as_view(), name="login"),
-    path("", include("opsconsole.urls")),
-]
 
 
 @pytest.fixture
@@ -229,7 +223,6 @@ def test_hostile_json_bodies_get_a_4xx_never_a_500(agent, body):
 
 @pytest.fixture
 def login_client(client, settings, clock):
-    settings.ROOT_URLCONF = __name__
     settings.OPSCONSOLE_LOGIN_MAX_FAILURES = 3
     # Unknown usernames are checked against the first hasher: a fast one keeps the test quick.
     settings.PASSWORD_HASHERS = [
@@ -243,8 +236,9 @@ def _login(client, username: str, password: str):
     return client.post("/login/", {"username": username, "password": password})
 
 
-def test_the_login_view_is_the_stock_one_with_a_lockout():
+def test_the_console_login_is_the_stock_view_with_a_lockout():
     assert issubclass(ThrottledLoginView, LoginView)
+    assert resolve(reverse("login")).func.view_class is ThrottledLoginView
 
 
 def test_repeated_failed_logins_lock_the_username_out_even_for_the_right_password(
