@@ -7,6 +7,7 @@ from django.conf import settings
 
 from agents import monitoring, services
 from approvals import services as approval_services
+from opsconsole.health import sweep
 
 _common = {
     "acks_late": True,
@@ -18,11 +19,13 @@ _common = {
 
 
 @shared_task(name="approvals.expire_due", **_common)
+@sweep("approvals.expire_due")
 def expire_approvals() -> int:
     return approval_services.approvals_expire_due()
 
 
 @shared_task(name="runs.reap_silent", **_common)
+@sweep("runs.reap_silent")
 def reap_runs() -> int:
     return services.runs_reap_silent(grace_seconds=settings.OPSCONSOLE_REAP_GRACE_SECONDS)
 
@@ -33,6 +36,7 @@ def kill_switch_sweep() -> int:
 
 
 @shared_task(name="traces.purge", **_common)
+@sweep("traces.purge")
 def purge_traces() -> int:
     if settings.OPSCONSOLE_RETENTION_DAYS <= 0:
         return 0
@@ -40,5 +44,6 @@ def purge_traces() -> int:
 
 
 @shared_task(name="monitoring.rollup", **_common)
+@sweep("monitoring.rollup")
 def rollup_metrics() -> dict[str, int]:
     return monitoring.rollups_compute()

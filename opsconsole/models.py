@@ -157,3 +157,17 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} -> {self.endpoint} ({self.status})"
+
+
+class SweepHeartbeat(models.Model):
+    """When a periodic sweep last completed, one row per task name (see opsconsole/health.py).
+
+    Kept in the database, not the cache: in production the cache is Redis, the very thing whose
+    outage these rows are there to reveal.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    last_ok_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} last ran {self.last_ok_at:%Y-%m-%d %H:%M:%S}"

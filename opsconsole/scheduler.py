@@ -2,6 +2,8 @@
 
 With Redis configured, Celery beat and workers do this work instead (CELERY_BEAT_SCHEDULE).
 The sweeps are idempotent, so a second process running them changes nothing.
+Each sweep records its heartbeat as it does under Celery (``@sweep`` in opsconsole/health.py),
+so the console's background-work notice reads the same rows either way.
 """
 
 from __future__ import annotations

@@ -336,3 +336,12 @@ CELERY_BEAT_SCHEDULE = {
     "purge-old-traces": {"task": "traces.purge", "schedule": 3600.0},
     "rollup-metrics": {"task": "monitoring.rollup", "schedule": 60.0},
 }
+
+# --- Background-work health (opsconsole/health.py) ------------------------------------------
+# The console warns that background work is behind when a periodic sweep has not completed for
+# three of its intervals, and never sooner than this many seconds (Celery worker, beat or Redis
+# down; see docs/reliability.md).
+OPSCONSOLE_SWEEP_STALE_SECONDS = env_int("OPSCONSOLE_SWEEP_STALE_SECONDS", 30)
+# A worker whose broker went away keeps trying to reconnect (every 2, 4, ... up to 30 s) instead
+# of giving up after 100 attempts (about 45 minutes), so it resumes by itself when Redis returns.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None

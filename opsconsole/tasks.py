@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from opsconsole import notifications
+from opsconsole.health import sweep
 
 _common = {"acks_late": True, "soft_time_limit": 50, "time_limit": 60}
 
@@ -17,10 +18,12 @@ def deliver_webhook(delivery_id: int) -> str:
 
 
 @shared_task(name="webhooks.deliver_due", **_common)
+@sweep("webhooks.deliver_due")
 def deliver_due_webhooks() -> int:
     return notifications.webhooks_deliver_due()
 
 
 @shared_task(name="approvals.notify_expiring", **_common)
+@sweep("approvals.notify_expiring")
 def notify_expiring_approvals() -> int:
     return notifications.approvals_notify_expiring()

@@ -162,3 +162,20 @@ def _int(value: str | None) -> int:
         return int(value or "")
     except ValueError:
         return 0
+
+
+@role_required(roles.ONCALL)
+@require_GET
+def console_status(request: HttpRequest) -> JsonResponse:
+    """Background work and live updates, for the console's health notice (static/js/live.js).
+
+    Fetched by the page, so rendering a page pays nothing for it. Answers 200 whatever is down
+    (the probe of the channel layer is bounded and reports failure instead of raising).
+    """
+    from django.utils.cache import add_never_cache_headers
+
+    from opsconsole import health
+
+    response = JsonResponse(health.console_status())
+    add_never_cache_headers(response)
+    return response

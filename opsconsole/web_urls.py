@@ -12,6 +12,7 @@ from opsconsole.login import ThrottledLoginView
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("healthz", views.healthz, name="healthz"),
+    path("status/", views.console_status, name="console_status"),
     path("login/", ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("runs/", include((agent_urls.run_patterns, "runs"))),

@@ -221,6 +221,7 @@
       if (notice) notice.hidden = true;
       body.dataset.live = "connected";
       if (everConnected) resync();
+      if (everConnected) checkHealth();
       everConnected = true;
       clearInterval(pingTimer);
       pingTimer = setInterval(function () {
@@ -263,6 +264,45 @@
     });
   }
 
+  // --- health: background sweeps and the channel layer (GET /status/, never part of a render) --
+  var health = document.getElementById("health-status");
+  var HEALTH_EVERY_MS = 15000;
+  function ago(seconds) {
+    if (seconds < 90) return Math.round(seconds) + "s ago";
+    if (seconds < 5400) return Math.round(seconds / 60) + "m ago";
+    return Math.round(seconds / 3600) + "h ago";
+  }
+  function showHealth(status) {
+    var lines = [];
+    var background = status.background || {};
+    if (background.ok === false) {
+      var behind = (background.stale || []).map(function (name) {
+        var label = (background.labels || {})[name] || name;
+        var since = (background.seconds_since || {})[name];
+        return since === undefined ? label + " has not run yet" : label + " last ran " + ago(since);
+      });
+      lines.push("Background work is behind: " + behind.join(", ") +
+        " — check the Celery worker, beat and Redis.");
+    }
+    if (status.live && status.live.ok === false) {
+      lines.push("Live updates degraded: the channel layer (Redis) is unreachable.");
+    }
+    health.textContent = lines.join(" ");
+    health.hidden = lines.length === 0;
+  }
+  function checkHealth() {
+    if (!health || !health.dataset.url || !window.fetch || document.hidden) return;
+    fetch(health.dataset.url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) {
+        var json = (response.headers.get("Content-Type") || "").indexOf("application/json") === 0;
+        return response.ok && json ? response.json() : null;
+      })
+      .then(function (status) { if (status) showHealth(status); })
+      .catch(function () { /* the server itself is unreachable: #live-status already says so */ });
+  }
+
   connect();
   setInterval(tick, 1000);
+  checkHealth();
+  setInterval(checkHealth, HEALTH_EVERY_MS);
 })();
