@@ -199,18 +199,13 @@ class Overview:
     top_stopping_agents: list[tuple[str, int]]
 
 
-def _stop_counts(since: datetime) -> list[tuple[str, int]]:
-    """Ended runs since a moment, counted by stop reason kind (``tool_denied:x`` -> kind)."""
+def _by_kind(rows: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Counts by stop reason kind (``tool_denied:x`` -> ``tool_denied``), largest first."""
     counts: dict[str, int] = {}
-    rows = (
-        Run.objects.filter(ended_at__gte=since)
-        .values_list("stop_reason")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
     for reason, n in rows:
-        kind = stop_reasons.kind_of(reason)
-        counts[kind] = counts.get(kind, 0) + n
+        if n:
+            kind = stop_reasons.kind_of(reason)
+            counts[kind] = counts.get(kind, 0) + n
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
@@ -218,11 +213,19 @@ def overview(*, running_limit: int = 10) -> Overview:
     from approvals.models import ApprovalRequest, ApprovalStatus
 
     now = timezone.now()
+    day_ago, hour_ago = now - timedelta(days=1), now - timedelta(hours=1)
     active = Run.objects.filter(status__in=ACTIVE_STATUSES)
     pending = ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING)
     pending_stats = pending.aggregate(n=Count("id"), oldest=Min("created_at"))
+    # One read of the last day's ended runs for both periods (run_ended_idx on PostgreSQL).
+    by_reason = list(
+        Run.objects.filter(ended_at__gte=day_ago)
+        .values_list("stop_reason")
+        .annotate(day=Count("id"), hour=Count("id", filter=Q(ended_at__gte=hour_ago)))
+        .order_by()
+    )
     top_agents = (
-        Run.objects.filter(ended_at__gte=now - timedelta(days=1), status="stopped")
+        Run.objects.filter(ended_at__gte=day_ago, status="stopped")
         .values_list("agent__name")
         .annotate(n=Count("id"))
         .order_by("-n", "agent__name")[:5]
@@ -232,8 +235,8 @@ def overview(*, running_limit: int = 10) -> Overview:
         running_count=active.count(),
         pending_count=pending_stats["n"],
         oldest_pending_at=pending_stats["oldest"],
-        stops_last_hour=_stop_counts(now - timedelta(hours=1)),
-        stops_last_day=_stop_counts(now - timedelta(days=1)),
+        stops_last_hour=_by_kind([(reason, hour) for reason, _, hour in by_reason]),
+        stops_last_day=_by_kind([(reason, day) for reason, day, _ in by_reason]),
         top_stopping_agents=[(name, n) for name, n in top_agents],
     )
 

@@ -10,6 +10,7 @@ over a few dozen agents, statuses and stop reasons, and 10,000,000 trace events,
 10,000 of them. Then it runs ``VACUUM ANALYZE`` and measures, over real HTTP against uvicorn
 (logged in through the login form, session cookie), ``--requests`` sequential requests per page:
 
+- the overview (the landing page: counts over the last hour and day);
 - the runs list: first page, filtered (a busy agent + status + stop reason, and the quietest
   agent with the rarest reason), stop reason alone, a deep page (keyset cursor 95% of the way
   back), a task search (rare and common term);
@@ -67,6 +68,7 @@ GOAL_LIST_MS = 100.0
 GOAL_DETAIL_MS = 150.0
 GOAL_LIVE_MS = 100.0
 COALESCE_SECONDS = 0.25  # opsconsole.consumers.COALESCE_SECONDS
+WARMUP_DECISIONS = 3
 USERNAME = "bench-oncall"
 LIVE_AGENT = "bench-live"
 AGENT_COUNT = 40
@@ -519,6 +521,8 @@ def pages_to_measure(big_run_id: int) -> list[Page]:
     # The least busy agent and the rarest reason: the page must read all its stopped runs.
     rare = urlencode({"agent": quiet_agent, "status": "stopped", "stop_reason": "agent_disabled"})
     return [
+        # The landing page: running runs, stops of the last hour and day, top stopping agents.
+        Page("overview", "/", GOAL_LIST_MS),
         Page("runs: first page", "/runs/", GOAL_LIST_MS),
         Page("runs: agent+status+reason", f"/runs/?{filtered}", GOAL_LIST_MS),
         Page("runs: quiet agent+rare reason", f"/runs/?{rare}", GOAL_LIST_MS),
@@ -702,6 +706,8 @@ class LiveResult:
     dropped: int = 0
     burst_messages_per_dashboard: float = 0.0
     burst_final_state_ms: list[float] = field(default_factory=list)
+    # The slowest decisions: (decision ms, first dashboard ms, last dashboard ms).
+    slowest: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 def dashboards_main(
@@ -807,15 +813,21 @@ async def measure_live(
                 raise RuntimeError("another client is using the bench run")
             return sent, answered
 
+        # Warm-up decisions, not measured (as the pages get warm-up requests): the first calls on a
+        # new run and new sockets pay for connections and caches once.
+        for number in range(1, WARMUP_DECISIONS + 1):
+            sent, _ = await decide(number)
+            await asyncio.sleep(max(0.0, spacing - (time.monotonic() - sent)))
         times: dict[int, tuple[float, float]] = {}
-        for number in range(1, decisions + 1):
+        first, last = WARMUP_DECISIONS + 1, WARMUP_DECISIONS + decisions
+        for number in range(first, last + 1):
             times[number] = await decide(number)
             await asyncio.sleep(max(0.0, spacing - (time.monotonic() - times[number][0])))
         # A burst faster than the coalescing window: fewer messages, the last state still lands.
         burst_started = burst_ended = last_sent = 0.0
         if burst:
             burst_started = time.monotonic()
-            for number in range(decisions + 1, decisions + burst + 1):
+            for number in range(last + 1, last + burst + 1):
                 last_sent, _ = await decide(number)
                 await asyncio.sleep(max(0.0, 0.05 - (time.monotonic() - last_sent)))
             burst_ended = time.monotonic()
@@ -827,15 +839,22 @@ async def measure_live(
 
     first_seen = [{count: at for count, at in reversed(messages)} for messages in data["received"]]
     from_request, from_response, missing = [], [], 0
+    slowest: list[tuple[float, float, float]] = []
     for number, (sent, answered) in times.items():
+        pushes = []
         for seen in first_seen:
             at = seen.get(number)
             if at is None:
                 missing += 1
                 continue
+            pushes.append((at - sent) * 1000)
             from_request.append((at - sent) * 1000)
             from_response.append((at - answered) * 1000)
+        if pushes:
+            slowest.append(((answered - sent) * 1000, min(pushes), max(pushes)))
+    slowest.sort(key=lambda item: item[2], reverse=True)
     result = LiveResult(
+        slowest=slowest[:3],
         from_request_ms=from_request,
         from_response_ms=from_response,
         decision_ms=[(answered - sent) * 1000 for sent, answered in times.values()],
@@ -843,7 +862,7 @@ async def measure_live(
         dropped=data["dropped"],
     )
     if burst:
-        final = decisions + burst
+        final = WARMUP_DECISIONS + decisions + burst
         result.burst_messages_per_dashboard = statistics.mean(
             sum(1 for _, at in messages if burst_started <= at <= burst_ended)
             / (burst_ended - burst_started)
@@ -876,7 +895,7 @@ def print_table(
     )
     print(header)
     print("-" * len(header))
-    for page in pages:
+    for page in pages if rounds else []:
         p50, p99 = median_of(page.label, 0.5), median_of(page.label, 0.99)
         cpu = statistics.median(r[page.label].cpu_ms for r in rounds)
         figures = queries[page.label]
@@ -932,6 +951,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--reuse", action="store_true", help="measure an existing filled database")
     parser.add_argument("--skip-live", action="store_true", help="pages only")
+    parser.add_argument("--skip-pages", action="store_true", help="live updates only")
     args = parser.parse_args()
 
     server_url = os.environ.get("DATABASE_URL", "")
@@ -985,12 +1005,13 @@ def main() -> None:
         try:
             client = log_in(server.base, password)
             for round_ in range(1, args.repeat + 1):
-                rounds.append(measure_pages(server, client, pages, args.requests))
-                summary = ", ".join(
-                    f"{page.label} {percentile(rounds[-1][page.label].ms, 0.99):.0f}"
-                    for page in pages
-                )
-                print(f"round {round_} pages p99 ms: {summary}", flush=True)
+                if not args.skip_pages:
+                    rounds.append(measure_pages(server, client, pages, args.requests))
+                    summary = ", ".join(
+                        f"{page.label} {percentile(rounds[-1][page.label].ms, 0.99):.0f}"
+                        for page in pages
+                    )
+                    print(f"round {round_} pages p99 ms: {summary}", flush=True)
                 if not args.skip_live:
                     live = asyncio.run(
                         measure_live(
@@ -1009,7 +1030,9 @@ def main() -> None:
                         f"{percentile(live.from_request_ms, 0.5):.1f} ms, p99 "
                         f"{percentile(live.from_request_ms, 0.99):.1f} ms over "
                         f"{len(live.from_request_ms)} messages, {live.missing} missing, "
-                        f"{live.dropped} dashboards dropped",
+                        f"{live.dropped} dashboards dropped; slowest decisions (decision, "
+                        "first and last dashboard, ms): "
+                        + ", ".join(f"{d:.0f}/{a:.0f}/{b:.0f}" for d, a, b in live.slowest),
                         flush=True,
                     )
         finally:

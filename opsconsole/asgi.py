@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "opsconsole.settings")
@@ -30,3 +31,14 @@ if settings.OPSCONSOLE_EMBEDDED_SCHEDULER:
     from opsconsole import scheduler  # noqa: E402
 
     scheduler.start()
+
+# Load every view now, then move everything alive after start-up out of the garbage collector's
+# reach: the imported code, URLconf and settings live as long as the process, and scanning them in
+# every full collection paused a worker for 40-50 ms, which was the slowest live update and the
+# slowest gateway decision under load (docs/performance.md). Objects created later are collected as
+# usual.
+from django.urls import get_resolver  # noqa: E402
+
+get_resolver().url_patterns  # noqa: B018 - imports every view module
+gc.collect()
+gc.freeze()

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pytest
+from asgiref.sync import SyncToAsync
+from channels.layers import channel_layers
 from channels.testing import ChannelsLiveServerTestCase
 from django.db import connections
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
@@ -169,6 +171,12 @@ class BrowserTestCase(ChannelsLiveServerTestCase):
             close_pool = getattr(connection, "close_pool", None)
             if close_pool is not None:
                 close_pool()
+        # Likewise what earlier async tests left here: a channel layer (the in-memory layer's
+        # queues belong to that test's event loop), and asgiref's executor for thread-sensitive
+        # code, whose one thread does not survive the fork, so the server's websocket consumers
+        # would wait on it for ever (seen when the consumer tests ran first).
+        channel_layers.backends.clear()
+        SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
         super().setUpClass()
 
     def setUp(self) -> None:
