@@ -94,14 +94,23 @@ def stale_after_seconds(name: str) -> float:
     return max(float(settings.OPSCONSOLE_SWEEP_STALE_SECONDS), MISSED_RUNS * interval)
 
 
+# When this process first looked. A sweep that never ran counts as behind once it has had its
+# stale period, counted from then, to run: a fresh start (the demo's first page, a worker that
+# waits one interval before its first run) is not an outage; a worker that never came up is.
+_watching_since: datetime | None = None
+
+
 def background_status(*, now: datetime | None = None) -> dict[str, Any]:
-    """Which watched sweeps are behind (one query). A sweep that never ran counts as behind."""
+    """Which watched sweeps are behind (one query)."""
+    global _watching_since
     now = now or timezone.now()
+    if _watching_since is None:
+        _watching_since = now
     last_ok = dict(SweepHeartbeat.objects.values_list("name", "last_ok_at"))
     stale = []
     for name in WATCHED_SWEEPS:
-        at = last_ok.get(name)
-        if at is None or (now - at).total_seconds() > stale_after_seconds(name):
+        since = last_ok.get(name) or _watching_since
+        if (now - since).total_seconds() > stale_after_seconds(name):
             stale.append(name)
     return {
         "ok": not stale,

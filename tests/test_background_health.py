@@ -132,11 +132,19 @@ def test_the_setting_is_the_least_time_before_a_sweep_counts_as_behind(db, setti
     assert status["stale"] == [n for n in health.WATCHED_SWEEPS if n != "approvals.notify_expiring"]
 
 
-def test_a_sweep_that_never_ran_is_behind(db):
+def test_a_sweep_that_never_ran_is_behind_once_it_had_its_time(db, monkeypatch):
     fresh_heartbeats()
     SweepHeartbeat.objects.filter(name="runs.reap_silent").delete()
+    started = timezone.now()
+    monkeypatch.setattr(health, "_watching_since", None)
 
-    status = health.background_status()
+    # Just started watching (a fresh server, the demo's first page): not an outage yet.
+    assert health.background_status(now=started)["ok"] is True
+    # Still nothing after its stale period: the worker never came up.
+    later = started + timedelta(seconds=health.stale_after_seconds("runs.reap_silent") + 1)
+    SweepHeartbeat.objects.update(last_ok_at=later)
+    SweepHeartbeat.objects.filter(name="runs.reap_silent").delete()
+    status = health.background_status(now=later)
 
     assert status["ok"] is False
     assert status["stale"] == ["runs.reap_silent"]
