@@ -19,7 +19,6 @@ def approval_list(*, status: str = ApprovalStatus.PENDING) -> QuerySet[ApprovalR
 
 # --- the web console --------------------------------------------------------------------------
 
-from django.db.models import Q  # noqa: E402
 
 from agents.models import TraceEvent  # noqa: E402
 from agents.selectors import KeysetCursor  # noqa: E402
@@ -99,9 +98,7 @@ def approval_history(
     if status:
         requests = requests.filter(status=status)
     if before is not None:
-        requests = requests.filter(
-            Q(decided_at__lt=before.moment) | Q(decided_at=before.moment, id__lt=before.id)
-        )
+        requests = requests.filter(before.older_q("decided_at"))
     rows = list(requests[: limit + 1])
     if len(rows) <= limit:
         return rows, None

@@ -144,8 +144,14 @@ def live_status(*, timeout: float = LIVE_PROBE_SECONDS) -> dict[str, Any]:
 
 
 def console_status() -> dict[str, Any]:
+    from agents.selectors import kill_switch_current
+
+    switch = kill_switch_current()
     return {
         "checked_at": timezone.now().isoformat(),
         "background": background_status(),
         "live": live_status(),
+        # The banner's state, so a page that missed a killswitch.changed event while its socket
+        # was down (it fetches this after every reconnect) shows the truth again.
+        "kill_switch": {"mode": switch.mode, "reason": switch.reason, "set_by": switch.set_by},
     }

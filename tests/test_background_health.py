@@ -421,3 +421,14 @@ def test_with_redis_stopped_the_console_says_so_decisions_go_on_and_the_worker_r
 
 def _clear(body: dict) -> bool:
     return body["background"]["ok"] and body["live"]["ok"]
+
+
+def test_the_status_carries_the_kill_switch_for_pages_that_missed_its_event(admin, oncall):
+    from opsconsole.services import kill_switch_set
+
+    kill_switch_set(mode="stop_all", reason="incident 7", actor="user:ada")
+
+    body = logged_in(oncall).get(STATUS_URL).json()
+
+    # live.js applies this to the banner after every reconnect (events sent meanwhile are lost).
+    assert body["kill_switch"] == {"mode": "stop_all", "reason": "incident 7", "set_by": "user:ada"}

@@ -297,7 +297,12 @@
         var json = (response.headers.get("Content-Type") || "").indexOf("application/json") === 0;
         return response.ok && json ? response.json() : null;
       })
-      .then(function (status) { if (status) showHealth(status); })
+      .then(function (status) {
+        if (!status) return;
+        showHealth(status);
+        // Also after a reconnect: a kill-switch change missed meanwhile shows up here.
+        if (status.kill_switch) onKillSwitch(status.kill_switch);
+      })
       .catch(function () { /* the server itself is unreachable: #live-status already says so */ });
   }
 
