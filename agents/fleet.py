@@ -211,6 +211,10 @@ class Server:
             "--log-level",
             "warning",
             "--no-access-log",
+            # With the Redis channel layer a closed websocket's consumer can take until its
+            # blocking read times out to finish; do not wait longer than this for it.
+            "--timeout-graceful-shutdown",
+            "5",
         ]
         # A session of its own: Ctrl-C reaches only us, so the agents finish their runs
         # before the server goes away.

@@ -41,12 +41,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import math
 import os
 import random
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -611,11 +613,14 @@ class Server:
                 "--log-level",
                 "warning",
                 "--no-access-log",
+                "--timeout-graceful-shutdown",
+                "5",
             ],
             cwd=ROOT,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # stop() signals the workers too, never leaving orphans
         )
         for _ in range(150):
             try:
@@ -628,11 +633,15 @@ class Server:
         raise RuntimeError("uvicorn did not start")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
+        # The whole process group: a worker still shutting down when the supervisor is killed
+        # would otherwise live on as an orphan holding its port and database connections.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
         self.log.close()
 
     def cpu_seconds(self) -> float:

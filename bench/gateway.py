@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -168,9 +170,12 @@ def main() -> None:
             "--log-level",
             "warning",
             "--no-access-log",
+            "--timeout-graceful-shutdown",
+            "5",
         ],
         cwd=ROOT,
         env={**env, "OPSCONSOLE_EMBEDDED_SCHEDULER": "false"},
+        start_new_session=True,  # stopped as a group below: no orphaned workers
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -198,8 +203,13 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=20)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
     p50, p99 = statistics.median(p50s), statistics.median(p99s)
     print(f"\nmedians of {args.repeat} rounds, {args.workers} uvicorn workers, PostgreSQL")
