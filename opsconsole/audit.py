@@ -3,15 +3,18 @@
 
 Each row's ``hash`` is SHA-256 over its content and ``prev_hash`` (the hash of the row before
 it). Appends lock the chain head (one row), so on PostgreSQL concurrent appends queue and the
-chain never forks; database triggers (migration 0004) refuse UPDATE and DELETE of audit rows.
-``verify_chain`` (``manage.py verify_audit``) walks the chain and names the first bad row.
+chain never forks; database triggers refuse UPDATE and DELETE of audit rows (migrations 0004 and
+0006; on SQLite see ``deletion_allowed``). ``verify_chain`` (``manage.py verify_audit``) walks the
+chain and names the first bad row.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -32,6 +35,36 @@ HASHED_FIELDS = (
     "before",
     "after",
 )
+
+
+# --- SQLite: the no-delete trigger's one exception ------------------------------------------
+# SQLite has no TRUNCATE, so Django's flush (``manage.py flush``, and the test suite between
+# tests) empties tables with DELETE. The SQLite trigger refuses a DELETE of audit rows unless the
+# SQL function ``opsconsole_audit_unlocked()`` says yes; the console registers that function on
+# its own connections and it says yes only inside ``deletion_allowed()``, which only the flush
+# command uses (opsconsole/management/commands/flush.py) — the same reach TRUNCATE has on
+# PostgreSQL. Elsewhere, the sqlite3 shell say, the function does not exist and the DELETE fails.
+_unlocked = threading.local()
+
+
+@contextmanager
+def deletion_allowed() -> Iterator[None]:
+    previous = getattr(_unlocked, "value", False)
+    _unlocked.value = True
+    try:
+        yield
+    finally:
+        _unlocked.value = previous
+
+
+def _sqlite_unlocked() -> int:
+    return 1 if getattr(_unlocked, "value", False) else 0
+
+
+def register_sqlite_functions(sender, connection, **kwargs) -> None:
+    """``connection_created`` receiver (opsconsole/apps.py)."""
+    if connection.vendor == "sqlite":
+        connection.connection.create_function("opsconsole_audit_unlocked", 0, _sqlite_unlocked)
 
 
 def actor_name(user) -> str:

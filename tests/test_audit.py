@@ -31,6 +31,7 @@ def guard_lifted() -> Iterator[None]:
             )
         else:
             cursor.execute("DROP TRIGGER opsconsole_audit_no_update")
+            cursor.execute("DROP TRIGGER opsconsole_audit_no_delete")
     yield
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
@@ -106,18 +107,39 @@ def test_updating_an_audit_row_is_refused_by_the_database():
     assert entry.reason == "change 0"
 
 
-@pytest.mark.skipif(
-    connection.vendor != "postgresql",
-    reason="on SQLite only UPDATE is refused (test flushes empty tables with DELETE); "
-    "a deleted row is found by verify_audit instead (see the tests below)",
-)
-def test_deleting_an_audit_row_is_refused_on_postgresql():
+def test_deleting_an_audit_row_is_refused_by_the_database():
     (entry,) = record(1)
 
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
         AuditEntry.objects.filter(pk=entry.pk).delete()
 
     assert AuditEntry.objects.filter(pk=entry.pk).exists()
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="the SQLite guard's own exception")
+def test_on_sqlite_only_the_flush_command_may_empty_the_audit_log(tmp_path):
+    """SQLite has no TRUNCATE: Django's flush deletes, and only it gets through the trigger."""
+    import importlib
+    import sqlite3
+
+    from opsconsole.audit import deletion_allowed
+
+    (entry,) = record(1)
+    with deletion_allowed(), transaction.atomic():
+        AuditEntry.objects.filter(pk=entry.pk).delete()
+        assert not AuditEntry.objects.filter(pk=entry.pk).exists()
+        transaction.set_rollback(True)
+
+    # Outside the console (a plain sqlite3 connection, as the sqlite3 shell has) the trigger's
+    # function does not exist, so the DELETE fails there too.
+    trigger = importlib.import_module("opsconsole.migrations.0006_audit_no_delete_on_sqlite")
+    outside = sqlite3.connect(tmp_path / "outside.sqlite3")
+    outside.execute("CREATE TABLE opsconsole_auditentry (id INTEGER PRIMARY KEY)")
+    outside.execute(trigger.SQLITE_TRIGGER)
+    outside.execute("INSERT INTO opsconsole_auditentry (id) VALUES (1)")
+    with pytest.raises(sqlite3.OperationalError, match="opsconsole_audit_unlocked"):
+        outside.execute("DELETE FROM opsconsole_auditentry")
+    outside.close()
 
 
 def test_a_changed_row_is_reported_with_its_id_and_a_failing_exit_status():

@@ -4,7 +4,8 @@ Existing rows are chained in id order, then triggers refuse UPDATE and DELETE of
 on PostgreSQL both (TRUNCATE, which test flushes use, is left to database privileges); on SQLite
 UPDATE only, because Django's flush empties SQLite tables with DELETE (tests would break), and a
 removed row is still found by ``verify_audit`` (broken links, or a chain head that expects more
-rows). Note for later migrations: on SQLite, altering this table rebuilds it and drops its
+rows; since 0006 SQLite refuses DELETE too, except inside the flush command). Note for later
+migrations: on SQLite, altering this table rebuilds it and drops its
 triggers; such a migration must run ``create_triggers`` again.
 """
 

@@ -9,7 +9,7 @@ from opsconsole.audit import verify_chain
 
 
 def _guard_present() -> bool | None:
-    """Whether the append-only trigger exists (None: this database has no such guard)."""
+    """Whether the append-only triggers exist (None: this database has no such guard)."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
@@ -18,8 +18,9 @@ def _guard_present() -> bool | None:
             )
         elif connection.vendor == "sqlite":
             cursor.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'trigger' "
-                "AND name = 'opsconsole_audit_no_update'"
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
+                "AND name IN ('opsconsole_audit_no_update', 'opsconsole_audit_no_delete') "
+                "HAVING count(*) = 2"
             )
         else:
             return None
