@@ -15,7 +15,6 @@ background job only (``rollups_compute``, task ``monitoring.rollup``); pages rea
 
 from __future__ import annotations
 
-import copy
 import math
 import statistics
 from collections import defaultdict
@@ -409,8 +408,7 @@ def _act(rule: DriftRule, alert: DriftAlert) -> str:
     ``rule:<name>``, so the audit log shows who (which rule) did it and why."""
     if rule.action == DriftAction.NONE or rule.agent is None:
         return ""
-    from agents.selectors import policy_current
-    from agents.services import agent_set_enabled, policy_publish
+    from agents.services import agent_set_enabled, policy_amend
 
     reason = (
         f"drift alert {alert.pk}: {rule.get_metric_display()} is {alert.value:.4g} "
@@ -421,12 +419,18 @@ def _act(rule: DriftRule, alert: DriftAlert) -> str:
             return "agent already disabled"
         agent_set_enabled(agent=rule.agent, enabled=False, actor=rule.actor, reason=reason)
         return "agent disabled"
-    document = copy.deepcopy(policy_current().document)
-    entry = document["agents"].setdefault(rule.agent.name, {"allow": None, "budgets": {}})
-    if entry.get("approve_all_writes"):
+    agent_name = rule.agent.name
+
+    def approve_all_writes(document: dict[str, Any]) -> bool:
+        entry = document["agents"].setdefault(agent_name, {"allow": None, "budgets": {}})
+        if entry.get("approve_all_writes"):
+            return False
+        entry["approve_all_writes"] = True
+        return True
+
+    version = policy_amend(change=approve_all_writes, author=rule.actor, reason=reason)
+    if version is None:
         return "writes already need approval"
-    entry["approve_all_writes"] = True
-    version = policy_publish(document=document, author=rule.actor, reason=reason)
     return f"writes need approval (policy v{version.number})"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -75,10 +76,13 @@ def agent_create(
             after={"name": name},
         )
         if tools:
-            document = json.loads(json.dumps(policy_current().document))
-            document["agents"][name] = {"allow": sorted(set(tools)), "budgets": {}}
-            policy_publish(
-                document=document, author=actor, reason=f"allowlist for new agent {name}"
+
+            def add_allowlist(document: dict[str, Any]) -> bool:
+                document["agents"][name] = {"allow": sorted(set(tools)), "budgets": {}}
+                return True
+
+            policy_amend(
+                change=add_allowlist, author=actor, reason=f"allowlist for new agent {name}"
             )
     return agent
 
@@ -145,15 +149,32 @@ def agent_set_enabled(*, agent: Agent, enabled: bool, actor: str, reason: str = 
 
 
 def policy_publish(
-    *, document: dict[str, Any], author: str, reason: str, restored_from: int | None = None
+    *,
+    document: dict[str, Any],
+    author: str,
+    reason: str,
+    restored_from: int | None = None,
+    based_on: int | None = None,
 ) -> PolicyVersion:
-    """Validate and save a new policy version; it governs the very next gateway decision."""
+    """Validate and save a new policy version; it governs the very next gateway decision.
+
+    ``based_on`` is the version an editor started from: if another version was published since,
+    the save is refused (409 ``policy_changed``) instead of silently undoing that change.
+    """
     try:
         normalised = normalise(document)
     except PolicyError as exc:
         raise Invalid(exc.errors, code="invalid_policy") from None
     with transaction.atomic():
         latest = PolicyVersion.objects.select_for_update().order_by("-number").first()
+        if based_on is not None and latest is not None and latest.number != based_on:
+            raise Conflict(
+                f"Policy v{latest.number} was published by {latest.author} "
+                f"({latest.reason or 'no reason given'}) while you were editing v{based_on}. "
+                "Your changes were not saved; check them against the current version and save "
+                "again.",
+                code="policy_changed",
+            )
         number = (latest.number + 1) if latest else 1
         version = PolicyVersion.objects.create(
             number=number,
@@ -172,6 +193,35 @@ def policy_publish(
             after=normalised,
         )
     return version
+
+
+def policy_amend(
+    *,
+    change: Callable[[dict[str, Any]], bool],
+    author: str,
+    reason: str,
+    attempts: int = 3,
+) -> PolicyVersion | None:
+    """A programmatic change to the current policy (a rule, a new agent's allowlist).
+
+    ``change`` edits a copy of the current document in place and returns False when there is
+    nothing to do (then nothing is published). Published ``based_on`` the version it read, so a
+    version someone published in between is never undone: the change is applied again on top of
+    it (``attempts`` times at most).
+    """
+    for attempt in range(1, attempts + 1):
+        current = policy_current()
+        document = json.loads(json.dumps(current.document))
+        if not change(document):
+            return None
+        try:
+            return policy_publish(
+                document=document, author=author, reason=reason, based_on=current.version
+            )
+        except Conflict as error:
+            if error.code != "policy_changed" or attempt == attempts:
+                raise
+    return None
 
 
 def policy_restore(*, number: int, author: str, reason: str) -> PolicyVersion:

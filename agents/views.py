@@ -266,11 +266,25 @@ def _message(error: ServiceError) -> str:
     return str(error.detail)
 
 
+def _based_on(request: HttpRequest) -> int | None:
+    """The policy version the editor's form was loaded from (its hidden ``based_on`` field)."""
+    try:
+        return int(request.POST.get("based_on", ""))
+    except ValueError:
+        return None
+
+
 def _publish(request: HttpRequest, form, document: dict) -> bool:
-    """Publish through the service; its refusals become form errors. True if it saved."""
+    """Publish through the service; its refusals become form errors. True if it saved.
+
+    The page is rendered again with the current version as ``based_on``, so saving once more
+    after a conflict is a deliberate choice made with the other change in view."""
     try:
         version = services.policy_publish(
-            document=document, author=actor_name(request.user), reason=form.cleaned_data["reason"]
+            document=document,
+            author=actor_name(request.user),
+            reason=form.cleaned_data["reason"],
+            based_on=_based_on(request),
         )
     except ServiceError as error:
         details = error.detail if isinstance(error.detail, list) else [error.detail]
