@@ -192,6 +192,12 @@ def policy_publish(
             before=latest.document if latest else None,
             after=normalised,
         )
+        # Open policy pages say a new version is in force (editors keep their drafts).
+        broadcast(
+            [group_for("policy")],
+            "policy.changed",
+            {"version": number, "author": author, "reason": reason},
+        )
     return version
 
 

@@ -306,6 +306,8 @@ def policy_current(request: HttpRequest) -> HttpResponse:
         (name, name in document["tools"]["allow"], policy.tool_rule(name), breakers.get(name))
         for name in tools
     ]
+    if request.htmx:  # the tools table, refreshed live when a breaker changes
+        return render(request, "policy/current.html#tools", {"policy": policy, "rules": rules})
     return render(
         request,
         "policy/current.html",

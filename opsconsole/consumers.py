@@ -41,6 +41,7 @@ TOPIC_ROLES = {
     "approvals": roles.ONCALL,
     "killswitch": roles.ONCALL,
     "breakers": roles.ONCALL,
+    "policy": roles.ONCALL,
 }
 _RUN_TOPIC = re.compile(r"^run\.(\d{1,18})$")
 # Events whose payload carries a list of ids: merged, not replaced, when coalesced.

@@ -219,3 +219,16 @@ async def test_a_ping_is_answered(oncall):
     await page.send_json_to({"type": "ping"})
     assert await next_event(page, "pong") == {}
     await page.disconnect()
+
+
+async def test_a_published_policy_reaches_open_policy_pages(oncall, publish_policy):
+    page, connected, _ = await open_socket(oncall, "policy,breakers,killswitch")
+    assert connected
+    assert (await next_event(page, "hello"))["topics"] == ["policy", "breakers", "killswitch"]
+
+    version = await sync_to_async(publish_policy)('tools: {allow: ["kb.read"]}')
+
+    changed = await next_event(page, "policy.changed")
+    assert changed["version"] == version.number
+    assert changed["author"]
+    await page.disconnect()

@@ -140,3 +140,17 @@ def test_programmatic_amendments_reapply_on_top_of_a_version_published_in_betwee
     assert len(calls) == 2
     assert version.document["agents"]["late-bot"]["allow"] == ["kb.read"]
     assert version.document["loop"]["max_repeats"] == 7  # grace's change survived
+
+
+def test_the_current_policy_page_follows_policy_and_breaker_changes(client, oncall):
+    client.force_login(oncall.user)
+
+    page = client.get(reverse("policy:current")).content.decode()
+
+    assert 'data-live-topics="killswitch,policy,breakers"' in page
+    assert 'id="policy-changed"' in page  # where live.js says a newer version is in force
+    assert 'data-live-refresh="breaker.updated"' in page
+    fragment = client.get(reverse("policy:current"), headers={"HX-Request": "true"})
+    body = fragment.content.decode()
+    assert body.lstrip().startswith('<section id="policy-tools"')
+    assert "Budget ceilings" not in body

@@ -190,6 +190,20 @@
     });
   }
 
+  // A policy page stays as it is (an editor's draft is kept) and says what is now in force.
+  function onPolicyChanged(payload) {
+    var notice = document.getElementById("policy-changed");
+    if (!notice) return;
+    notice.textContent = "Policy v" + payload.version + " was just published by " +
+      payload.author + (payload.reason ? " (" + payload.reason + ")" : "") +
+      "; this page shows what was in force when it loaded. ";
+    var link = document.createElement("a");
+    link.href = "/policy/";
+    link.textContent = "See the current policy";
+    notice.appendChild(link);
+    notice.hidden = false;
+  }
+
   function dispatch(message) {
     var event = message.event, payload = message.payload || {};
     if (event === "run.updated") onRunUpdated(payload);
@@ -197,6 +211,7 @@
     else if (event === "approvals.removed") onApprovalsRemoved(payload);
     else if (event === "approvals.added") onApprovalsAdded(payload);
     else if (event === "approvals.changed") onApprovalsChanged(payload);
+    else if (event === "policy.changed") onPolicyChanged(payload);
     if (event !== "hello" && event !== "pong") refreshListeners(event);
     body.dispatchEvent(new CustomEvent("live:" + event, { detail: payload }));
   }
