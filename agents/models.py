@@ -81,7 +81,9 @@ class Run(models.Model):
     Usage counters change only in ``agents.services`` with the row locked.
     """
 
-    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="runs")
+    # No index of its own: run_agent_list_idx and run_agent_status_list_idx start with it, and
+    # every index on this table costs the gateway a write on each decision.
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="runs", db_index=False)
     agent_version = models.CharField(max_length=100, blank=True)
     task = models.TextField()
     metadata = models.JSONField(default=dict, blank=True)
@@ -194,7 +196,10 @@ class Decision(models.TextChoices):
 class ToolCall(models.Model):
     """A request to use a tool, decided before it happens; then its reported result."""
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tool_call_set")
+    # No index of its own: toolcall_loop_idx starts with it (see Run.agent).
+    run = models.ForeignKey(
+        Run, on_delete=models.CASCADE, related_name="tool_call_set", db_index=False
+    )
     tool = models.CharField(max_length=200)
     args = models.JSONField(default=dict)
     args_hash = models.CharField(max_length=64)
@@ -255,7 +260,8 @@ class EventKind(models.TextChoices):
 class TraceEvent(models.Model):
     """One entry of a run's trace; the timeline is these rows in id order."""
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    # No index of its own: trace_run_idx starts with it (see Run.agent).
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events", db_index=False)
     kind = models.CharField(max_length=32, choices=EventKind.choices)
     at = models.DateTimeField(default=timezone.now)
     tool_call = models.ForeignKey(
