@@ -55,6 +55,11 @@ AGENT_NAME = re.compile(r"[-a-zA-Z0-9_]{1,100}")
 # --- agents and keys --------------------------------------------------------------------------
 
 
+def _broadcast_agent(name: str) -> None:
+    """Open agents pages refresh their table (after commit; see opsconsole/live.py)."""
+    broadcast([group_for("agents")], "agents.changed", {"name": name})
+
+
 def agent_create(
     *, name: str, actor: str, description: str = "", tools: list[str] | None = None
 ) -> Agent:
@@ -75,6 +80,7 @@ def agent_create(
             target_id=name,
             after={"name": name},
         )
+        _broadcast_agent(name)
         if tools:
 
             def add_allowlist(document: dict[str, Any]) -> bool:
@@ -101,6 +107,7 @@ def agent_key_issue(*, agent: Agent, actor: str, label: str = "") -> tuple[Agent
             target_id=agent.name,
             after={"key": row.prefix, "label": label},
         )
+        _broadcast_agent(agent.name)
     return row, raw
 
 
@@ -120,6 +127,7 @@ def agent_key_revoke(*, key_id: int, actor: str) -> AgentKey:
                 before={"key": row.prefix},
                 after={"key": row.prefix, "revoked": True},
             )
+            _broadcast_agent(row.agent.name)
     return row
 
 
@@ -142,6 +150,7 @@ def agent_set_enabled(*, agent: Agent, enabled: bool, actor: str, reason: str = 
             before=before,
             after={"enabled": enabled},
         )
+        _broadcast_agent(agent.name)
     return agent
 
 

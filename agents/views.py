@@ -162,6 +162,8 @@ def agent_list(request: HttpRequest) -> HttpResponse:
                 messages.success(request, f"Agent {agent.name} created. Issue it a key below.")
                 return redirect("agents:detail", name=agent.name)
         status = 422
+    elif request.htmx:  # the table, refreshed live when an agent or its keys change
+        return render(request, "agents/list.html#table", {"agents": selectors.agent_admin_list()})
     return render(
         request,
         "agents/list.html",

@@ -5,8 +5,8 @@ Rules:
 - The session authenticates the socket in ``connect``; anonymous people and people without a
   role are refused (closed with 4403) before joining any group.
 - Topics and who may follow them (see ``TOPIC_ROLES``): every role may watch runs, one run, the
-  approvals queue, the kill switch and the breakers (on-call views everything; reviewers and
-  admins include on-call). Only reviewers *decide* approvals, and that is checked by the HTTP
+  approvals queue, the kill switch, the breakers and the policy (on-call views everything;
+  reviewers and admins include on-call); only admins follow the agents (their admin page). Only reviewers *decide* approvals, and that is checked by the HTTP
   views, not here: the socket carries no actions. Unknown or forbidden topics are ignored.
 - The socket carries only ids, statuses and counters; anything richer (arguments, outputs) the
   page fetches over HTTP, where the same role checks apply.
@@ -42,6 +42,7 @@ TOPIC_ROLES = {
     "killswitch": roles.ONCALL,
     "breakers": roles.ONCALL,
     "policy": roles.ONCALL,
+    "agents": roles.ADMIN,  # the agents admin page
 }
 _RUN_TOPIC = re.compile(r"^run\.(\d{1,18})$")
 # Events whose payload carries a list of ids: merged, not replaced, when coalesced.

@@ -232,3 +232,27 @@ async def test_a_published_policy_reaches_open_policy_pages(oncall, publish_poli
     assert changed["version"] == version.number
     assert changed["author"]
     await page.disconnect()
+
+
+async def test_agent_changes_reach_admins_agents_pages_and_nobody_else(admin, oncall, agent):
+    from agents.models import Agent
+    from agents.services import agent_set_enabled
+
+    page, connected, _ = await open_socket(admin, "agents,killswitch")
+    assert connected
+    assert (await next_event(page, "hello"))["topics"] == ["agents", "killswitch"]
+    # On-call people do not see the agents admin page, so they may not follow it either.
+    other, connected, _ = await open_socket(oncall, "agents,killswitch")
+    assert connected
+    assert (await next_event(other, "hello"))["topics"] == ["killswitch"]
+
+    await database_sync_to_async(
+        lambda: agent_set_enabled(
+            agent=Agent.objects.get(pk=agent.agent.pk), enabled=False, actor="user:ada"
+        )
+    )()
+
+    assert (await next_event(page, "agents.changed"))["name"] == agent.agent.name
+    assert await other.receive_nothing(timeout=0.5)
+    await page.disconnect()
+    await other.disconnect()

@@ -483,3 +483,15 @@ def test_the_policy_page_shows_each_tools_breaker(oncall):
     page = logged_in(oncall).get(reverse("policy:current")).content.decode()
     row = page.split('id="tool-http.get"')[1].split("</tr>")[0]
     assert 'class="bad" title="failure rate 0.80">Open</span>' in row
+
+
+def test_the_agents_table_refreshes_itself_live(admin, agent):
+    client = logged_in(admin)
+
+    page = client.get(reverse("agents:list")).content.decode()
+    assert 'data-live-topics="killswitch,agents"' in page
+    assert 'data-live-refresh="agents.changed"' in page
+    fragment = client.get(reverse("agents:list"), headers={"HX-Request": "true"}).content.decode()
+    assert fragment.lstrip().startswith('<table id="agents-table"')
+    assert agent.agent.name in fragment
+    assert "Create an agent" not in fragment
