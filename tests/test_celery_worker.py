@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -43,21 +44,18 @@ def _database_url() -> str:
     return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
-@pytest.fixture
-def worker(tmp_path):
-    if not _redis_reachable():
-        pytest.skip(f"needs Redis at {REDIS_URL} (CI starts it)")
-    redis.Redis.from_url(REDIS_URL).flushdb()
+def start_worker(*, redis_url: str, tmp_path: Path, stdout: Any) -> subprocess.Popen:
+    """A real Celery worker with beat on the test database and ``redis_url``."""
     env = {
         **os.environ,
         "DATABASE_URL": _database_url(),
-        "REDIS_URL": REDIS_URL,
+        "REDIS_URL": redis_url,
         "OPSCONSOLE_EMBEDDED_SCHEDULER": "false",
         "OPSCONSOLE_DATA_DIR": str(tmp_path),
         "DJANGO_SECRET_KEY": "worker-test-secret-key-not-for-production-use-0123456789",
     }
     connection.close()  # let the worker see committed rows without our connection in the way
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -75,17 +73,29 @@ def worker(tmp_path):
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=stdout,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    yield process
+
+
+def stop_worker(process: subprocess.Popen, timeout: float = 20) -> None:
     process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=20)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@pytest.fixture
+def worker(tmp_path):
+    if not _redis_reachable():
+        pytest.skip(f"needs Redis at {REDIS_URL} (CI starts it)")
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    process = start_worker(redis_url=REDIS_URL, tmp_path=tmp_path, stdout=subprocess.PIPE)
+    yield process
+    stop_worker(process)
 
 
 def test_a_real_worker_expires_an_approval_and_the_waiting_client_sees_approval_timeout(
