@@ -41,17 +41,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import math
 import os
 import random
 import re
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +60,7 @@ from typing import Any
 from urllib.parse import urlencode, urlparse, urlunparse
 
 import httpx
+import uvicorn_server  # bench/uvicorn_server.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = "opsconsole_bench_console"
@@ -596,52 +594,12 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.log = log_path.open("w")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "opsconsole.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(workers),
-                "--lifespan",
-                "off",
-                "--log-level",
-                "warning",
-                "--no-access-log",
-                "--timeout-graceful-shutdown",
-                "5",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # stop() signals the workers too, never leaving orphans
+        self.process = uvicorn_server.start(
+            env=env, port=self.port, workers=workers, output=self.log
         )
-        for _ in range(150):
-            try:
-                if httpx.get(f"{self.base}/healthz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("uvicorn did not start")
 
     def stop(self) -> None:
-        # The whole process group: a worker still shutting down when the supervisor is killed
-        # would otherwise live on as an orphan holding its port and database connections.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        uvicorn_server.stop(self.process)
         self.log.close()
 
     def cpu_seconds(self) -> float:

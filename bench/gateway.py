@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -25,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 import httpx
+import uvicorn_server  # bench/uvicorn_server.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOOR = {"p50_ms": 2.9, "p99_ms": 4.8, "per_second": 1600.0}
@@ -153,39 +152,11 @@ def main() -> None:
     print("preparing database opsconsole_bench ...", flush=True)
     key = prepare(env, server_url.replace("postgres://", "postgresql://", 1))
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "opsconsole.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(args.workers),
-            "--lifespan",
-            "off",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "--timeout-graceful-shutdown",
-            "5",
-        ],
-        cwd=ROOT,
-        env={**env, "OPSCONSOLE_EMBEDDED_SCHEDULER": "false"},
-        start_new_session=True,  # stopped as a group below: no orphaned workers
+    server = uvicorn_server.start(
+        env={**env, "OPSCONSOLE_EMBEDDED_SCHEDULER": "false"}, port=port, workers=args.workers
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
         p50s, p99s = [], []
         rates: dict[int, list[float]] = {16: [], 64: []}
         for round_ in range(1, args.repeat + 1):
@@ -203,13 +174,7 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+        uvicorn_server.stop(server)
 
     p50, p99 = statistics.median(p50s), statistics.median(p99s)
     print(f"\nmedians of {args.repeat} rounds, {args.workers} uvicorn workers, PostgreSQL")
