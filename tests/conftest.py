@@ -79,15 +79,9 @@ def _eager_tasks():
     app.conf.task_eager_propagates = True
 
 
-@pytest.fixture(autouse=True)
-def _baseline(request):
+def restore_baseline() -> None:
     """What the data migrations create (roles, kill switch row, seed policy v1), which a
-    ``transaction=True`` test's flush removes: put it back for tests that use the database."""
-    if not any(
-        name in request.fixturenames for name in ("db", "transactional_db")
-    ) and not request.node.get_closest_marker("django_db"):
-        return
-    request.getfixturevalue("db")
+    transactional test's flush removes."""
     from agents.models import PolicyVersion
     from agents.policy import SEED_POLICY_YAML, normalise, parse_yaml
     from opsconsole.models import KillSwitch
@@ -101,6 +95,17 @@ def _baseline(request):
             author="system",
             reason="seed",
         )
+
+
+@pytest.fixture(autouse=True)
+def _baseline(request):
+    """The baseline, put back for every test that uses the database."""
+    if not any(
+        name in request.fixturenames for name in ("db", "transactional_db")
+    ) and not request.node.get_closest_marker("django_db"):
+        return
+    request.getfixturevalue("db")
+    restore_baseline()
 
 
 @pytest.fixture

@@ -32,12 +32,11 @@ from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwrig
 from agents import services
 from agents.client import Budgets, Gateway, Stop
 from agents.fleet import demo_policy_document
-from agents.models import PolicyVersion, Run, ToolCall
-from agents.policy import SEED_POLICY_YAML, normalise, parse_yaml
+from agents.models import Run, ToolCall
 from approvals.models import ApprovalRequest
 from opsconsole import roles
 from opsconsole.models import KillSwitch
-from tests.conftest import AgentPersona, Person, make_agent, make_person
+from tests.conftest import AgentPersona, Person, make_agent, make_person, restore_baseline
 
 pytestmark = pytest.mark.browser
 
@@ -82,19 +81,6 @@ def chromium_path() -> str:
             "(or set OPSCONSOLE_CHROMIUM to its path)"
         )
     return path
-
-
-def restore_baseline() -> None:
-    """What the data migrations create, which a TransactionTestCase's flush removes."""
-    roles.ensure_groups()
-    KillSwitch.objects.get_or_create(pk=1)
-    if not PolicyVersion.objects.exists():
-        PolicyVersion.objects.create(
-            number=1,
-            document=normalise(parse_yaml(SEED_POLICY_YAML)),
-            author="system",
-            reason="seed",
-        )
 
 
 def publish_demo_policy() -> None:
