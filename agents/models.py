@@ -21,6 +21,9 @@ class Agent(models.Model):
     # Lets an authenticated agent stand as DRF's request.user.
     is_authenticated = True
 
+    # Agents authenticate as themselves (opsconsole.authentication.is_agent), not as users.
+    is_agent = True
+
     class Meta:
         ordering = ["name"]
 
@@ -78,7 +81,7 @@ ACTIVE_STATUSES = (RunStatus.RUNNING, RunStatus.WAITING_APPROVAL)
 class Run(models.Model):
     """One task attempt by an agent, with its effective budgets and live usage counters.
 
-    Usage counters change only in ``agents.services`` with the row locked.
+    Usage counters change only in ``agents.gateway.services`` with the row locked.
     """
 
     # No index of its own: run_agent_list_idx and run_agent_status_list_idx start with it, and
@@ -503,3 +506,35 @@ class GoldenRun(models.Model):
 
     def __str__(self) -> str:
         return f"golden run {self.run_id}"
+
+
+class KillSwitchMode(models.TextChoices):
+    OFF = "off", "Off"
+    DISABLE_WRITES = "disable_writes", "Disable writes"
+    DISABLE_EXPENSIVE = "disable_expensive", "Disable expensive tools"
+    STOP_ALL = "stop_all", "Stop all"
+
+
+class KillSwitch(models.Model):
+    """The one global kill switch (a single row, id 1)."""
+
+    mode = models.CharField(max_length=32, choices=KillSwitchMode.choices, default="off")
+    reason = models.TextField(blank=True)
+    set_by = models.CharField(max_length=150, blank=True)
+    set_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        # The table kept its name when the model moved here from opsconsole (migration 0008).
+        db_table = "opsconsole_killswitch"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(mode__in=KillSwitchMode.values), name="killswitch_mode_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"kill switch: {self.mode}"
+
+    @property
+    def is_on(self) -> bool:
+        return self.mode != KillSwitchMode.OFF

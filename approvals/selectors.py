@@ -1,8 +1,12 @@
 from __future__ import annotations
 
-from django.db.models import Prefetch, QuerySet
+from datetime import datetime
 
+from django.db.models import Count, Min, Prefetch, QuerySet
+
+from agents.models import TraceEvent
 from approvals.models import ApprovalDecision, ApprovalRequest, ApprovalStatus
+from opsconsole.pagination import KeysetCursor, keyset_page
 
 
 def approval_list(*, status: str = ApprovalStatus.PENDING) -> QuerySet[ApprovalRequest]:
@@ -19,9 +23,6 @@ def approval_list(*, status: str = ApprovalStatus.PENDING) -> QuerySet[ApprovalR
 
 # --- the web console --------------------------------------------------------------------------
 
-
-from agents.models import TraceEvent  # noqa: E402
-from agents.selectors import KeysetCursor  # noqa: E402
 
 # How many of the run's latest trace events a queue card shows for context.
 CONTEXT_EVENTS = 6
@@ -74,7 +75,18 @@ def approval_card(*, request_id: int) -> ApprovalRequest | None:
 
 
 def approval_pending_count() -> int:
-    return ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING).count()
+    """The queue's size, as the approvals badge, the overview and /metrics show it."""
+    return _pending().count()
+
+
+def approval_pending_summary() -> tuple[int, datetime | None]:
+    """The queue's size and when its oldest request was made, in one read."""
+    stats = _pending().aggregate(n=Count("id"), oldest=Min("created_at"))
+    return stats["n"], stats["oldest"]
+
+
+def _pending() -> QuerySet[ApprovalRequest]:
+    return ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING)
 
 
 def approval_history(
@@ -99,8 +111,6 @@ def approval_history(
         requests = requests.filter(status=status)
     if before is not None:
         requests = requests.filter(before.older_q("decided_at"))
-    rows = list(requests[: limit + 1])
-    if len(rows) <= limit:
-        return rows, None
-    rows = rows[:limit]
-    return rows, KeysetCursor(rows[-1].decided_at, rows[-1].pk)
+    return keyset_page(
+        requests, limit=limit, cursor_of=lambda row: KeysetCursor(row.decided_at, row.pk)
+    )

@@ -7,16 +7,28 @@ once get one winner and one 409.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from agents import stop_reasons
-from agents.models import Decision, EventKind, Run, RunStatus, ToolCall
-from agents.services import _broadcast_run, _run_event, _stop_run
+from agents.models import (
+    Decision,
+    EventKind,
+    Run,
+    RunStatus,
+    ToolCall,
+)
+from agents.policy.document import ToolRule
+from agents.runs.services import run_broadcast, run_event_record, run_stop_locked
 from approvals.models import ApprovalDecision, ApprovalRequest, ApprovalStatus, Verdict
 from opsconsole.audit import actor_name, audit_record
 from opsconsole.errors import Conflict, Invalid, NotFound
 from opsconsole.live import broadcast, group_for
+from opsconsole.models import WebhookEndpoint
+from opsconsole.notifications import notify
 
 
 def _lock(request_id: int) -> tuple[Run, ApprovalRequest]:
@@ -47,7 +59,7 @@ def _close(run: Run, request: ApprovalRequest, status: str, *, reason: str | Non
         ToolCall.objects.filter(pk=request.tool_call_id).update(
             decision=Decision.STOP, stop_reason=reason
         )
-    _run_event(
+    run_event_record(
         run,
         EventKind.APPROVAL_DECIDED,
         {
@@ -66,11 +78,22 @@ def _close(run: Run, request: ApprovalRequest, status: str, *, reason: str | Non
         },
     )
     if reason is not None and run.is_active:
-        _stop_run(run, reason, f"approval {request.pk} {status}")
+        run_stop_locked(run, reason, f"approval {request.pk} {status}")
+        approvals_cancel_for_run(run=run, reason=reason)
     else:
-        _broadcast_run(run)
+        run_broadcast(run)
     broadcast(
         [group_for("approvals")], "approvals.removed", {"ids": [request.pk], "status": status}
+    )
+
+
+def _expire(run: Run, request: ApprovalRequest) -> None:
+    """The one expiry: the request is settled and its run stops with approval_timeout."""
+    _close(
+        run,
+        request,
+        ApprovalStatus.EXPIRED,
+        reason=stop_reasons.for_tool(stop_reasons.APPROVAL_TIMEOUT, request.tool),
     )
 
 
@@ -93,12 +116,7 @@ def approval_decide(
                 extra={"status": request.status},
             )
         if timezone.now() >= request.expires_at:
-            _close(
-                run,
-                request,
-                ApprovalStatus.EXPIRED,
-                reason=stop_reasons.for_tool(stop_reasons.APPROVAL_TIMEOUT, request.tool),
-            )
+            _expire(run, request)
             expired = True
         else:
             if request.decisions.filter(reviewer=reviewer).exists():
@@ -151,13 +169,17 @@ def approval_expire(*, request_id: int) -> bool:
         run, request = _lock(request_id)
         if request.status != ApprovalStatus.PENDING or timezone.now() < request.expires_at:
             return False
-        _close(
-            run,
-            request,
-            ApprovalStatus.EXPIRED,
-            reason=stop_reasons.for_tool(stop_reasons.APPROVAL_TIMEOUT, request.tool),
-        )
+        _expire(run, request)
         return True
+
+
+def approval_expire_if_due(request: ApprovalRequest) -> bool:
+    """The agent's poll: expire its pending request once its time is up (no lock before then)."""
+    return (
+        request.is_pending
+        and timezone.now() >= request.expires_at
+        and approval_expire(request_id=request.pk)
+    )
 
 
 def approvals_expire_due() -> int:
@@ -169,3 +191,101 @@ def approvals_expire_due() -> int:
         for request_id in due.values_list("pk", flat=True)
         if approval_expire(request_id=request_id)
     )
+
+
+def approval_open(
+    *, run: Run, tool_call: ToolCall, rule: ToolRule, now: datetime
+) -> ApprovalRequest:
+    """The gateway asks for a write: the request, the run waiting for it, its trace and notices.
+
+    Called inside the gateway's transaction with the run locked; the caller saves ``run.status``.
+    """
+    request = ApprovalRequest.objects.create(
+        tool_call=tool_call,
+        run=run,
+        agent=run.agent,
+        tool=tool_call.tool,
+        args=tool_call.args,
+        args_hash=tool_call.args_hash,
+        reviewers_required=rule.reviewers,
+        created_at=now,
+        expires_at=now + timedelta(seconds=rule.timeout_seconds),
+    )
+    run.status = RunStatus.WAITING_APPROVAL
+    run_event_record(
+        run,
+        EventKind.APPROVAL_REQUESTED,
+        {
+            "approval_id": request.pk,
+            "tool": tool_call.tool,
+            "reviewers_required": rule.reviewers,
+            "expires_at": request.expires_at.isoformat(),
+        },
+        tool_call,
+    )
+    broadcast([group_for("approvals")], "approvals.added", {"id": request.pk})
+    notify(
+        event="approval.requested",
+        key=f"approval:{request.pk}:requested",
+        payload={
+            "id": request.pk,
+            "run": run.pk,
+            "agent": run.agent.name,
+            "tool": tool_call.tool,
+            "args": tool_call.args,
+            "reviewers_required": rule.reviewers,
+            "expires_at": request.expires_at.isoformat(),
+        },
+    )
+    return request
+
+
+def approvals_cancel_for_run(*, run: Run, reason: str) -> None:
+    """A run that stopped for another reason no longer needs its pending writes decided."""
+    pending = list(
+        ApprovalRequest.objects.select_for_update().filter(run=run, status=ApprovalStatus.PENDING)
+    )
+    if not pending:
+        return
+    now = timezone.now()
+    for request in pending:
+        request.status = ApprovalStatus.CANCELLED
+        request.decided_at = now
+        request.save(update_fields=["status", "decided_at"])
+        ToolCall.objects.filter(pk=request.tool_call_id).update(
+            decision=Decision.STOP, stop_reason=reason
+        )
+    broadcast(
+        [group_for("approvals")],
+        "approvals.removed",
+        {"ids": [r.pk for r in pending], "status": ApprovalStatus.CANCELLED},
+    )
+
+
+def approvals_notify_expiring() -> int:
+    """One notice per pending request that expires within the warning window."""
+    from approvals.models import ApprovalRequest, ApprovalStatus
+
+    if not WebhookEndpoint.objects.filter(enabled=True).exists():
+        return 0
+    soon = timezone.now() + timedelta(seconds=settings.OPSCONSOLE_APPROVAL_EXPIRING_SECONDS)
+    count = 0
+    expiring = ApprovalRequest.objects.filter(
+        status=ApprovalStatus.PENDING, expires_at__lte=soon
+    ).select_related("agent")
+    for request in expiring:
+        with transaction.atomic():
+            count += len(
+                notify(
+                    event="approval.expiring",
+                    key=f"approval:{request.pk}:expiring",
+                    payload={
+                        "id": request.pk,
+                        "run": request.run_id,
+                        "agent": request.agent.name,
+                        "tool": request.tool,
+                        "expires_at": request.expires_at.isoformat(),
+                    },
+                )
+            )
+    return count

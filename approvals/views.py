@@ -7,13 +7,14 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from agents.selectors import KeysetCursor
 from approvals import selectors, services
 from approvals.forms import DecisionForm, HistoryFilterForm
 from approvals.models import ApprovalStatus
 from opsconsole import roles
 from opsconsole.decorators import role_required
 from opsconsole.errors import NotFound, ServiceError
+from opsconsole.pages import not_found
+from opsconsole.pagination import KeysetCursor
 
 QUEUE_SIZE = 100
 HISTORY_PAGE_SIZE = 50
@@ -102,8 +103,8 @@ def decide(request: HttpRequest, request_id: int) -> HttpResponse:
                 verdict=form.cleaned_data["verdict"],
                 comment=form.cleaned_data["comment"],
             )
-        except NotFound:
-            raise Http404(f"No approval request {request_id}.") from None
+        except NotFound as error:
+            raise not_found(error) from None
         except ServiceError as error:
             form.add_error(
                 "comment" if error.code == "comment_required" else None,

@@ -459,26 +459,27 @@ def prepare_world(*, fresh: bool, agents: int) -> tuple[str, str]:
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
 
-    from agents import services
     from agents.models import Agent
-    from agents.policy import parse_yaml
+    from agents.policy import services as policy_services
+    from agents.policy.document import parse_yaml
+    from agents.registry import services as registry_services
     from opsconsole import roles
     from opsconsole.services import user_create
 
     if fresh:
         call_command("migrate", interactive=False, verbosity=0)
         for index in range(agents):
-            services.agent_create(name=f"agent-{index:02d}", actor="system")
-        services.policy_publish(document=parse_yaml(POLICY), author="system", reason="bench")
+            registry_services.agent_create(name=f"agent-{index:02d}", actor="system")
+        policy_services.policy_publish(document=parse_yaml(POLICY), author="system", reason="bench")
 
     exists = get_user_model().objects.filter(username=USERNAME).exists()
     password = user_create(
         username=USERNAME, role=roles.ONCALL, actor="system", reset=exists
     ).password
-    agent = Agent.objects.filter(name=LIVE_AGENT).first() or services.agent_create(
+    agent = Agent.objects.filter(name=LIVE_AGENT).first() or registry_services.agent_create(
         name=LIVE_AGENT, actor="system"
     )
-    _, key = services.agent_key_issue(agent=agent, actor="system")
+    _, key = registry_services.agent_key_issue(agent=agent, actor="system")
     return password, key
 
 
@@ -493,7 +494,7 @@ def pages_to_measure(big_run_id: int) -> list[Page]:
     """The pages, with parameters chosen from the data: a busy agent, a deep cursor, terms."""
     from django.db import connection
 
-    from agents.selectors import KeysetCursor
+    from opsconsole.pagination import KeysetCursor
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM agents_run")

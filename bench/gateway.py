@@ -62,10 +62,12 @@ def prepare(env: dict[str, str], admin_url: str) -> str:
     )
     run("migrate", "-v0")
     script = (
-        "from agents import services; from agents.policy import parse_yaml;"
-        f"services.policy_publish(document=parse_yaml({POLICY!r}), author='system', reason='bench');"
-        "a = services.agent_create(name='bench-bot', actor='system');"
-        "print(services.agent_key_issue(agent=a, actor='system')[1])"
+        "from agents.policy.document import parse_yaml;"
+        "from agents.policy.services import policy_publish;"
+        "from agents.registry.services import agent_create, agent_key_issue;"
+        f"policy_publish(document=parse_yaml({POLICY!r}), author='system', reason='bench');"
+        "a = agent_create(name='bench-bot', actor='system');"
+        "print(agent_key_issue(agent=a, actor='system')[1])"
     )
     return run("shell", "-c", script).stdout.strip().splitlines()[-1]
 

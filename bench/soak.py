@@ -254,8 +254,8 @@ def main() -> int:
     import django
 
     django.setup()
-    from agents.fleet import Fleet, Server, prepare
-    from agents.services import agent_create, agent_key_issue
+    from agents.demo.fleet import Fleet, Server, prepare
+    from agents.registry.services import agent_create, agent_key_issue
 
     world = prepare()
     probe_agent = agent_create(name="soak-probe", actor="system")

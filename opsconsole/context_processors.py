@@ -1,16 +1,21 @@
-"""What every console page's chrome needs: the user's role, the kill switch, the queue size."""
+"""What every console page's chrome needs: the user's role, the kill switch, the queue size.
+
+The kill switch and the approvals count are read by the apps that own them, named in
+``OPSCONSOLE_CONSOLE_STATE`` (settings), so this lower layer imports no app.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject
+from django.utils.module_loading import import_string
 
-from agents.selectors import kill_switch_current
-from approvals.models import ApprovalRequest, ApprovalStatus
 from opsconsole import roles
-from opsconsole.models import KillSwitch
 
 
 @dataclass(frozen=True)
@@ -20,11 +25,16 @@ class ConsoleState:
     can_cancel: bool
     can_decide: bool
     can_admin: bool
-    kill_switch: KillSwitch | None
+    kill_switch: Any  # agents.models.KillSwitch, or None for a visitor without a role
     pending_approvals: int
 
 
 _ANONYMOUS = ConsoleState(None, False, False, False, False, None, 0)
+
+
+@cache
+def _read(name: str) -> Any:
+    return import_string(settings.OPSCONSOLE_CONSOLE_STATE[name])
 
 
 def console_state(request: HttpRequest) -> ConsoleState:
@@ -42,11 +52,16 @@ def console_state(request: HttpRequest) -> ConsoleState:
             can_cancel=True,
             can_decide=roles.has_role(user, roles.REVIEWER),
             can_admin=roles.has_role(user, roles.ADMIN),
-            kill_switch=kill_switch_current(),
-            pending_approvals=ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING).count(),
+            kill_switch=_read("kill_switch")(),
+            pending_approvals=_read("pending_approvals")(),
         )
     request._console_state = state  # type: ignore[attr-defined]
     return state
+
+
+def kill_switch_state() -> Any:
+    """The kill switch as the chrome shows it (also for GET /status/ after a reconnect)."""
+    return _read("kill_switch")()
 
 
 def console(request: HttpRequest) -> dict:

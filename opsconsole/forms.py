@@ -4,31 +4,6 @@ from __future__ import annotations
 
 from django import forms
 
-from opsconsole.models import KillSwitchMode
-
-
-class KillSwitchForm(forms.Form):
-    """Step one proposes a change; step two (``confirmed``) carries it out."""
-
-    mode = forms.ChoiceField(choices=KillSwitchMode.choices)
-    reason = forms.CharField(
-        max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2})
-    )
-    confirmed = forms.BooleanField(required=False, widget=forms.HiddenInput)
-    # The mode the person saw when confirming; if someone else changed it since, ask again.
-    from_mode = forms.CharField(required=False, widget=forms.HiddenInput)
-
-    def clean(self):
-        data = super().clean()
-        reason = (data.get("reason") or "").strip()
-        data["reason"] = reason
-        if not reason:
-            self.add_error(
-                "reason",
-                "Say why: the reason is shown on every page and kept in the audit log.",
-            )
-        return data
-
 
 class AuditFilterForm(forms.Form):
     action = forms.CharField(required=False, max_length=64)

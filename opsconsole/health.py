@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
+from opsconsole.context_processors import kill_switch_state
 from opsconsole.models import SweepHeartbeat
 
 logger = logging.getLogger("opsconsole.health")
@@ -44,6 +45,17 @@ LIVE_PROBE_SECONDS = 0.8
 _PROBE_GROUP = "health.probe"
 
 Body = TypeVar("Body", bound=Callable[..., Any])
+
+
+# Celery options of every periodic sweep: a lost worker's sweep is redelivered (acks late), a
+# failed one retried a few times, a stuck one killed before the next tick piles onto it.
+SWEEP_TASK_OPTIONS: dict[str, Any] = {
+    "acks_late": True,
+    "max_retries": 3,
+    "default_retry_delay": 2,
+    "soft_time_limit": 50,
+    "time_limit": 60,
+}
 
 
 def sweep(name: str) -> Callable[[Body], Body]:
@@ -144,9 +156,7 @@ def live_status(*, timeout: float = LIVE_PROBE_SECONDS) -> dict[str, Any]:
 
 
 def console_status() -> dict[str, Any]:
-    from agents.selectors import kill_switch_current
-
-    switch = kill_switch_current()
+    switch = kill_switch_state()
     return {
         "checked_at": timezone.now().isoformat(),
         "background": background_status(),

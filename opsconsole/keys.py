@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 
 AGENT_KEY_PREFIX = "aok_"
 USER_TOKEN_PREFIX = "aou_"
+
+
+@dataclass(frozen=True)
+class NewKey:
+    raw: str  # given to its owner once, never stored
+    prefix: str  # what pages show to tell keys apart
+    key_hash: str  # what is stored and looked up
+
+
+def new_key(prefix: str) -> NewKey:
+    """A fresh agent key or user token (``prefix`` says which)."""
+    raw = generate(prefix)
+    return NewKey(raw=raw, prefix=display_prefix(raw), key_hash=digest(raw))
 
 
 def generate(prefix: str) -> str:

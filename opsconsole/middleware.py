@@ -8,9 +8,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from opsconsole.api_errors import TOO_LARGE, UNAVAILABLE
-
-NOT_FOUND = {"error": "not_found", "detail": "No such API resource."}
+from opsconsole.api_errors import NOT_FOUND, TOO_LARGE, UNAVAILABLE
 
 logger = logging.getLogger("opsconsole")
 

@@ -7,36 +7,6 @@ from django.db import models
 from django.utils import timezone
 
 
-class KillSwitchMode(models.TextChoices):
-    OFF = "off", "Off"
-    DISABLE_WRITES = "disable_writes", "Disable writes"
-    DISABLE_EXPENSIVE = "disable_expensive", "Disable expensive tools"
-    STOP_ALL = "stop_all", "Stop all"
-
-
-class KillSwitch(models.Model):
-    """The one global kill switch (a single row, id 1)."""
-
-    mode = models.CharField(max_length=32, choices=KillSwitchMode.choices, default="off")
-    reason = models.TextField(blank=True)
-    set_by = models.CharField(max_length=150, blank=True)
-    set_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        constraints = [
-            models.CheckConstraint(
-                condition=models.Q(mode__in=KillSwitchMode.values), name="killswitch_mode_valid"
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"kill switch: {self.mode}"
-
-    @property
-    def is_on(self) -> bool:
-        return self.mode != KillSwitchMode.OFF
-
-
 class AuditEntry(models.Model):
     """One human or policy action. Rows are only ever inserted (see opsconsole/audit.py).
 

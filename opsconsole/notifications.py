@@ -167,35 +167,6 @@ def webhooks_deliver_due(*, limit: int = 100) -> int:
     return len(ids)
 
 
-def approvals_notify_expiring() -> int:
-    """One notice per pending request that expires within the warning window."""
-    from approvals.models import ApprovalRequest, ApprovalStatus
-
-    if not WebhookEndpoint.objects.filter(enabled=True).exists():
-        return 0
-    soon = timezone.now() + timedelta(seconds=settings.OPSCONSOLE_APPROVAL_EXPIRING_SECONDS)
-    count = 0
-    expiring = ApprovalRequest.objects.filter(
-        status=ApprovalStatus.PENDING, expires_at__lte=soon
-    ).select_related("agent")
-    for request in expiring:
-        with transaction.atomic():
-            count += len(
-                notify(
-                    event="approval.expiring",
-                    key=f"approval:{request.pk}:expiring",
-                    payload={
-                        "id": request.pk,
-                        "run": request.run_id,
-                        "agent": request.agent.name,
-                        "tool": request.tool,
-                        "expires_at": request.expires_at.isoformat(),
-                    },
-                )
-            )
-    return count
-
-
 # --- endpoints, as admins manage them from the console ------------------------------------------
 
 

@@ -3,7 +3,9 @@
 With Redis configured, Celery beat and workers do this work instead (CELERY_BEAT_SCHEDULE).
 The sweeps are idempotent, so a second process running them changes nothing.
 Each sweep records its heartbeat as it does under Celery (``@sweep`` in opsconsole/health.py),
-so the console's background-work notice reads the same rows either way.
+so the console's background-work notice reads the same rows either way. Which sweeps run, in
+which order and how often is ``OPSCONSOLE_EMBEDDED_SWEEPS`` in settings: tasks are found by
+their Celery name, so this lower layer imports no app.
 """
 
 from __future__ import annotations
@@ -11,38 +13,38 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections
+
+from opsconsole.celery import app
 
 logger = logging.getLogger("opsconsole.scheduler")
 _started = threading.Event()
 _stop = threading.Event()
 
+# When each sweep with a period last ran (time.monotonic()), by task name.
+_last_run: dict[str, float] = {}
 
-_last_purge = 0.0
-_last_rollup = 0.0
-ROLLUP_SECONDS = 60
+
+def _task(name: str) -> Any:
+    if name not in app.tasks:
+        # What a worker does at start: import CELERY_IMPORTS and every app's tasks module.
+        app.loader.import_default_modules()
+    return app.tasks[name]
 
 
 def run_due_sweeps() -> dict[str, int]:
     """One tick of the embedded beat: the same task bodies Celery beat schedules."""
-    global _last_purge, _last_rollup
-    from agents.tasks import expire_approvals, purge_traces, reap_runs, rollup_metrics
-    from opsconsole.tasks import deliver_due_webhooks, notify_expiring_approvals
-
-    done = {
-        "expired": expire_approvals.run(),
-        "reaped": reap_runs.run(),
-        "expiring_notices": notify_expiring_approvals.run(),
-        "webhooks": deliver_due_webhooks.run(),
-    }
-    if time.monotonic() - _last_purge > 3600:
-        _last_purge = time.monotonic()
-        done["purged"] = purge_traces.run()
-    if time.monotonic() - _last_rollup > ROLLUP_SECONDS:
-        _last_rollup = time.monotonic()
-        done["rollups"] = rollup_metrics.run()["rollups"]
+    done: dict[str, int] = {}
+    for key, name, period in settings.OPSCONSOLE_EMBEDDED_SWEEPS:
+        if period:
+            if time.monotonic() - _last_run.get(name, float("-inf")) <= period:
+                continue
+            _last_run[name] = time.monotonic()
+        result = _task(name).run()
+        done[key] = result[key] if isinstance(result, dict) else result
     return done
 
 

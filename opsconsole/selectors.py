@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from opsconsole.models import AuditEntry
+from opsconsole.pagination import keyset_page
 
 
 def audit_page(
@@ -26,7 +27,4 @@ def audit_page(
         entries = entries.filter(target_id=target_id)
     if before is not None:
         entries = entries.filter(id__lt=before)
-    rows = list(entries[: limit + 1])
-    if len(rows) <= limit:
-        return rows, None
-    return rows[:limit], rows[limit - 1].pk
+    return keyset_page(entries, limit=limit, cursor_of=lambda entry: entry.pk)

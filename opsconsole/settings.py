@@ -327,6 +327,35 @@ LOGGING = {
     "loggers": {"opsconsole": {"level": env_str("OPSCONSOLE_LOG_LEVEL", "INFO")}},
 }
 
+# --- Wiring: what the lower layer (opsconsole/) reads from the apps, named here -------------
+# opsconsole/ imports nothing from agents/ or approvals/ outside URL wiring; what it must show or
+# run of theirs is named by these settings (import-linter holds the rule in CI).
+
+# Bearer credentials by prefix (opsconsole/keys.py): the model holding their hashes, and the
+# field of that model naming whom a key authenticates.
+OPSCONSOLE_BEARER_KEYS = {
+    "aok_": ("agents.AgentKey", "agent"),
+    "aou_": ("opsconsole.UserToken", "user"),
+}
+# Every page's chrome (opsconsole/context_processors.py): the kill-switch banner and the
+# approvals badge, each read by the app that owns it.
+OPSCONSOLE_CONSOLE_STATE = {
+    "kill_switch": "agents.policy.selectors.kill_switch_current",
+    "pending_approvals": "approvals.selectors.approval_pending_count",
+}
+# Celery task modules inside the apps' packages (autodiscovery finds only <app>/tasks.py).
+CELERY_IMPORTS = ["agents.gateway.tasks", "agents.monitoring.tasks"]
+# The embedded default's beat (opsconsole/scheduler.py), in this order on every tick:
+# (name in its result, Celery task, seconds between runs; 0 = every tick).
+OPSCONSOLE_EMBEDDED_SWEEPS = [
+    ("expired", "approvals.expire_due", 0),
+    ("reaped", "runs.reap_silent", 0),
+    ("expiring_notices", "approvals.notify_expiring", 0),
+    ("webhooks", "webhooks.deliver_due", 0),
+    ("purged", "traces.purge", 3600),
+    ("rollups", "monitoring.rollup", 60),
+]
+
 # The periodic sweeps (the embedded default runs the same ones: opsconsole/scheduler.py).
 CELERY_BEAT_SCHEDULE = {
     "expire-approvals": {"task": "approvals.expire_due", "schedule": 2.0},

@@ -21,9 +21,3 @@ def deliver_webhook(delivery_id: int) -> str:
 @sweep("webhooks.deliver_due")
 def deliver_due_webhooks() -> int:
     return notifications.webhooks_deliver_due()
-
-
-@shared_task(name="approvals.notify_expiring", **_common)
-@sweep("approvals.notify_expiring")
-def notify_expiring_approvals() -> int:
-    return notifications.approvals_notify_expiring()

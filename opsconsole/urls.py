@@ -4,26 +4,26 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
-from agents import api as agent_api
-from agents import monitoring_views
+from agents.gateway import api as gateway_api
+from agents.monitoring import views as monitoring_views
+from agents.policy import api as policy_api
 from approvals import api as approval_api
-from opsconsole import api as ops_api
 
 api_v1 = [
-    path("runs", agent_api.RunCreateView.as_view(), name="run-create"),
-    path("runs/<int:run_id>", agent_api.RunDetailView.as_view(), name="run-detail"),
-    path("runs/<int:run_id>/steps", agent_api.StepCreateView.as_view(), name="step-create"),
+    path("runs", gateway_api.RunCreateView.as_view(), name="run-create"),
+    path("runs/<int:run_id>", gateway_api.RunDetailView.as_view(), name="run-detail"),
+    path("runs/<int:run_id>/steps", gateway_api.StepCreateView.as_view(), name="step-create"),
     path(
         "runs/<int:run_id>/tool-calls",
-        agent_api.ToolCallCreateView.as_view(),
+        gateway_api.ToolCallCreateView.as_view(),
         name="tool-call-create",
     ),
-    path("runs/<int:run_id>/finish", agent_api.RunFinishView.as_view(), name="run-finish"),
-    path("runs/<int:run_id>/cancel", agent_api.RunCancelView.as_view(), name="run-cancel"),
-    path("tool-calls/<int:tool_call_id>", agent_api.tool_call_detail, name="tool-call-detail"),
+    path("runs/<int:run_id>/finish", gateway_api.RunFinishView.as_view(), name="run-finish"),
+    path("runs/<int:run_id>/cancel", gateway_api.RunCancelView.as_view(), name="run-cancel"),
+    path("tool-calls/<int:tool_call_id>", gateway_api.tool_call_detail, name="tool-call-detail"),
     path(
         "tool-calls/<int:tool_call_id>/result",
-        agent_api.ToolResultView.as_view(),
+        gateway_api.ToolResultView.as_view(),
         name="tool-call-result",
     ),
     path("approvals", approval_api.ApprovalListView.as_view(), name="approval-list"),
@@ -32,7 +32,7 @@ api_v1 = [
         approval_api.ApprovalDecisionView.as_view(),
         name="approval-decide",
     ),
-    path("kill-switch", ops_api.KillSwitchView.as_view(), name="kill-switch"),
+    path("kill-switch", policy_api.KillSwitchView.as_view(), name="kill-switch"),
     path(
         "schema/",
         SpectacularAPIView.as_view(permission_classes=[], authentication_classes=[]),

@@ -8,79 +8,14 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from agents import selectors as agent_selectors
-from agents.selectors import kill_switch_current
 from opsconsole import notifications, roles
 from opsconsole.audit import actor_name
 from opsconsole.decorators import role_required
 from opsconsole.errors import ServiceError
-from opsconsole.forms import AuditFilterForm, KillSwitchForm, WebhookEndpointForm
-from opsconsole.models import KillSwitchMode
+from opsconsole.forms import AuditFilterForm, WebhookEndpointForm
 from opsconsole.selectors import audit_page
-from opsconsole.services import kill_switch_set
 
 AUDIT_PAGE_SIZE = 50
-
-
-@role_required(roles.ONCALL)
-@require_GET
-def overview(request: HttpRequest) -> HttpResponse:
-    context = {"overview": agent_selectors.overview(), "kill_switch": kill_switch_current()}
-    if request.htmx:
-        return render(request, "overview.html#stats", context)
-    return render(request, "overview.html", context)
-
-
-@role_required(roles.ONCALL)
-@require_http_methods(["GET", "POST"])
-def kill_switch(request: HttpRequest) -> HttpResponse:
-    """Everyone with a role sees who set the switch and why; only admins change it.
-
-    A change is two POSTs: the first validates and shows what will happen (runs that stop, tools
-    that go dark); the second, carrying ``confirmed``, calls the service.
-    """
-    switch = kill_switch_current()
-    if request.method == "GET":
-        form = KillSwitchForm(initial={"mode": switch.mode})
-        if request.htmx:
-            return render(request, "kill_switch.html#state", {"switch": switch})
-        return render(request, "kill_switch.html", {"switch": switch, "form": form})
-
-    if not roles.has_role(request.user, roles.ADMIN):
-        return render(request, "403.html", {"required_role": roles.ADMIN}, status=403)
-    form = KillSwitchForm(request.POST)
-    if not form.is_valid():
-        return render(request, "kill_switch.html", {"switch": switch, "form": form}, status=422)
-    mode = form.cleaned_data["mode"]
-    confirmed = form.cleaned_data["confirmed"]
-    stale = confirmed and form.cleaned_data["from_mode"] != switch.mode
-    if not confirmed or stale:
-        impact = agent_selectors.kill_switch_impact(mode=mode)
-        confirm_form = KillSwitchForm(
-            initial={**form.cleaned_data, "confirmed": True, "from_mode": switch.mode}
-        )
-        return render(
-            request,
-            "kill_switch_confirm.html",
-            {
-                "switch": switch,
-                "form": confirm_form,
-                "mode": mode,
-                "mode_label": KillSwitchMode(mode).label,
-                "reason": form.cleaned_data["reason"],
-                "impact": impact,
-                "stale": stale,
-            },
-        )
-    try:
-        kill_switch_set(
-            mode=mode, reason=form.cleaned_data["reason"], actor=actor_name(request.user)
-        )
-    except ServiceError as error:
-        form.add_error(None, str(error.detail))
-        return render(request, "kill_switch.html", {"switch": switch, "form": form}, status=422)
-    messages.success(request, f"Kill switch set to {mode}.")
-    return redirect("kill_switch")
 
 
 @role_required(roles.ONCALL)

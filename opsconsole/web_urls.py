@@ -1,26 +1,27 @@
-"""The web console's pages (see the views of each app)."""
+"""The web console's pages: each app's own URLs, and the cross-cutting pages of opsconsole/."""
 
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from agents import urls as agent_urls
+from agents.policy import views as policy_views
+from agents.runs import views as runs_views
 from opsconsole import views
 from opsconsole.login import ThrottledLoginView
 
 urlpatterns = [
-    path("", views.overview, name="overview"),
+    path("", runs_views.overview, name="overview"),
     path("healthz", views.healthz, name="healthz"),
     path("status/", views.console_status, name="console_status"),
     path("login/", ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("runs/", include((agent_urls.run_patterns, "runs"))),
-    path("agents/", include((agent_urls.agent_patterns, "agents"))),
-    path("policy/", include((agent_urls.policy_patterns, "policy"))),
+    path("runs/", include("agents.runs.urls")),
+    path("agents/", include("agents.registry.urls")),
+    path("policy/", include("agents.policy.urls")),
     path("approvals/", include("approvals.urls")),
-    path("kill-switch/", views.kill_switch, name="kill_switch"),
+    path("kill-switch/", policy_views.kill_switch, name="kill_switch"),
     path("audit/", views.audit, name="audit"),
     path("webhooks/", views.webhooks, name="webhooks"),
-    path("monitoring/", include("agents.monitoring_urls")),
+    path("monitoring/", include("agents.monitoring.urls")),
 ]

@@ -9,8 +9,9 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.test import Client
 
-from agents import services
 from agents.models import Agent
+from agents.policy import services as policy_services
+from agents.registry import services as registry_services
 from opsconsole import roles
 from opsconsole.services import user_token_issue
 
@@ -65,8 +66,8 @@ def make_person(username: str, role: str | None) -> Person:
 
 
 def make_agent(name: str, tools: list[str] | None = None) -> AgentPersona:
-    agent = services.agent_create(name=name, actor="system", tools=tools)
-    _, key = services.agent_key_issue(agent=agent, actor="system")
+    agent = registry_services.agent_create(name=name, actor="system", tools=tools)
+    _, key = registry_services.agent_key_issue(agent=agent, actor="system")
     return AgentPersona(agent=agent, key=key, api=JsonClient(key))
 
 
@@ -82,9 +83,8 @@ def _eager_tasks():
 def restore_baseline() -> None:
     """What the data migrations create (roles, kill switch row, seed policy v1), which a
     transactional test's flush removes."""
-    from agents.models import PolicyVersion
-    from agents.policy import SEED_POLICY_YAML, normalise, parse_yaml
-    from opsconsole.models import KillSwitch
+    from agents.models import KillSwitch, PolicyVersion
+    from agents.policy.document import SEED_POLICY_YAML, normalise, parse_yaml
 
     roles.ensure_groups()
     KillSwitch.objects.get_or_create(pk=1)
@@ -152,12 +152,12 @@ def anonymous() -> JsonClient:
 @pytest.fixture
 def publish_policy(db):
     """Publish a policy document (YAML text or dict) as the new current version."""
-    from agents.policy import parse_yaml
+    from agents.policy.document import parse_yaml
 
     def publish(document, reason: str = "test"):
         if isinstance(document, str):
             document = parse_yaml(document)
-        return services.policy_publish(document=document, author="system", reason=reason)
+        return policy_services.policy_publish(document=document, author="system", reason=reason)
 
     return publish
 

@@ -12,9 +12,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
+from agents.policy.services import kill_switch_set
 from opsconsole.audit import audit_record, verify_chain
 from opsconsole.models import AuditChainHead, AuditEntry
-from opsconsole.services import kill_switch_set
 
 pytestmark = pytest.mark.django_db
 

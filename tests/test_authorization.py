@@ -21,11 +21,11 @@ from django.conf import settings as django_settings
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from agents import services
-from agents.models import AgentKey, Run
+from agents.gateway import services as gateway_services
+from agents.models import AgentKey, KillSwitch, Run
+from agents.registry import services as registry_services
 from approvals.models import ApprovalRequest
 from opsconsole import roles
-from opsconsole.models import KillSwitch
 from tests.conftest import JsonClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,8 +156,8 @@ class World:
 @pytest.fixture
 def callers(agent, outsider_agent, outsider, oncall, reviewer, admin, publish_policy):
     publish_policy(POLICY)
-    _, revoked_key = services.agent_key_issue(agent=agent.agent, actor="system")
-    services.agent_key_revoke(key_id=AgentKey.objects.latest("pk").pk, actor="system")
+    _, revoked_key = registry_services.agent_key_issue(agent=agent.agent, actor="system")
+    registry_services.agent_key_revoke(key_id=AgentKey.objects.latest("pk").pk, actor="system")
     from opsconsole.models import UserToken
     from opsconsole.services import user_token_issue
 
@@ -178,9 +178,11 @@ def callers(agent, outsider_agent, outsider, oncall, reviewer, admin, publish_po
     }
 
     def new_world() -> World:
-        run, _ = services.run_start(agent=agent.agent, task="matrix")
-        call = services.tool_call_decide(agent=agent.agent, run_id=run.pk, tool="kb.read", args={})
-        write = services.tool_call_decide(
+        run, _ = gateway_services.run_start(agent=agent.agent, task="matrix")
+        call = gateway_services.tool_call_decide(
+            agent=agent.agent, run_id=run.pk, tool="kb.read", args={}
+        )
+        write = gateway_services.tool_call_decide(
             agent=agent.agent, run_id=run.pk, tool="email.send", args={"to": "x"}
         )
         return World(run.pk, call.pk, write.approval.pk)

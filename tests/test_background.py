@@ -12,19 +12,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.utils import timezone
 
-from agents import services
+from agents.gateway import services
+from agents.gateway.tasks import kill_switch_sweep, purge_traces, reap_runs
 from agents.models import Run, ToolBreaker, ToolCall, TraceEvent
-from agents.tasks import expire_approvals, kill_switch_sweep, purge_traces, reap_runs
+from agents.policy.services import kill_switch_set
 from approvals.models import ApprovalRequest
-from approvals.services import approval_expire, approvals_expire_due
+from approvals.services import approval_expire, approvals_expire_due, approvals_notify_expiring
+from approvals.tasks import expire_approvals
 from opsconsole.models import AuditEntry, WebhookDelivery, WebhookEndpoint
-from opsconsole.notifications import (
-    approvals_notify_expiring,
-    notify,
-    signature,
-    webhooks_deliver_due,
-)
-from opsconsole.services import kill_switch_set
+from opsconsole.notifications import notify, signature, webhooks_deliver_due
 
 pytestmark = pytest.mark.django_db
 

@@ -167,8 +167,7 @@ def test_a_heartbeat_is_one_row_per_sweep_moved_forward_in_one_statement(
 
 def test_the_embedded_scheduler_records_every_sweep_it_runs(db, monkeypatch):
     # Make the hourly purge and the rollup due now.
-    monkeypatch.setattr(scheduler, "_last_purge", float("-inf"))
-    monkeypatch.setattr(scheduler, "_last_rollup", float("-inf"))
+    monkeypatch.setattr(scheduler, "_last_run", {})
 
     scheduler.run_due_sweeps()
 
@@ -178,7 +177,7 @@ def test_the_embedded_scheduler_records_every_sweep_it_runs(db, monkeypatch):
 
 
 def test_a_celery_sweep_records_under_its_own_task_name(db):
-    from agents.tasks import reap_runs
+    from agents.gateway.tasks import reap_runs
 
     reap_runs.delay().get()
 
@@ -186,8 +185,8 @@ def test_a_celery_sweep_records_under_its_own_task_name(db):
 
 
 def test_a_failing_sweep_records_nothing(db, monkeypatch):
-    from agents import services
-    from agents.tasks import reap_runs
+    from agents.gateway import services
+    from agents.gateway.tasks import reap_runs
 
     def fail(**kwargs):
         raise RuntimeError("boom")
@@ -396,7 +395,7 @@ def _all_ran_and_clear(body: dict) -> bool:
 
 
 def test_the_status_carries_the_kill_switch_for_pages_that_missed_its_event(admin, oncall):
-    from opsconsole.services import kill_switch_set
+    from agents.policy.services import kill_switch_set
 
     kill_switch_set(mode="stop_all", reason="incident 7", actor="user:ada")
 

@@ -29,13 +29,12 @@ from channels.testing import ChannelsLiveServerTestCase
 from django.db import connections
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
-from agents import services
 from agents.client import Budgets, Gateway, Stop
-from agents.fleet import demo_policy_document
-from agents.models import Run, ToolCall
+from agents.demo.fleet import demo_policy_document
+from agents.models import KillSwitch, Run, ToolCall
+from agents.policy import services
 from approvals.models import ApprovalRequest
 from opsconsole import roles
-from opsconsole.models import KillSwitch
 from tests.conftest import AgentPersona, Person, make_agent, make_person, restore_baseline
 
 pytestmark = pytest.mark.browser

@@ -678,7 +678,7 @@ def test_a_lost_answer_is_retried_without_spending_twice(agent, wsgi_transport):
 
 @real_gateway
 def test_a_run_refused_by_the_kill_switch_raises_kill_switch(gateway):
-    from opsconsole.services import kill_switch_set
+    from agents.policy.services import kill_switch_set
 
     kill_switch_set(mode="stop_all", reason="incident drill", actor="system")
 

@@ -12,10 +12,10 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from agents.models import Agent, AgentKey, PolicyVersion
-from agents.selectors import policy_current
+from agents.models import Agent, AgentKey, KillSwitch, PolicyVersion
+from agents.policy.selectors import policy_current
 from opsconsole import roles
-from opsconsole.models import AuditEntry, KillSwitch, UserToken
+from opsconsole.models import AuditEntry, UserToken
 from tests.conftest import JsonClient
 
 AGENT_KEY = re.compile(r"aok_[A-Za-z0-9_\-]+")

@@ -10,8 +10,8 @@ import pytest
 from django.db import connection
 
 from agents.models import Run, ToolCall
+from agents.policy.services import kill_switch_set
 from approvals.models import ApprovalDecision, ApprovalRequest
-from opsconsole.services import kill_switch_set
 from tests.conftest import JsonClient
 
 pytestmark = pytest.mark.django_db(transaction=True)

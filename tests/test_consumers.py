@@ -14,11 +14,11 @@ from channels.security.websocket import AllowedHostsOriginValidator
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
+from agents.policy.services import kill_switch_set
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
 from opsconsole.consumers import COALESCE_SECONDS, parse_topics
 from opsconsole.routing import websocket_urlpatterns
-from opsconsole.services import kill_switch_set
 
 # The same stack as opsconsole/asgi.py, without importing it (it may start the scheduler).
 application = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
@@ -236,7 +236,7 @@ async def test_a_published_policy_reaches_open_policy_pages(oncall, publish_poli
 
 async def test_agent_changes_reach_admins_agents_pages_and_nobody_else(admin, oncall, agent):
     from agents.models import Agent
-    from agents.services import agent_set_enabled
+    from agents.registry.services import agent_set_enabled
 
     page, connected, _ = await open_socket(admin, "agents,killswitch")
     assert connected

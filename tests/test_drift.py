@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agents import monitoring
 from agents.models import (
     ALL_VERSIONS,
     DriftAlert,
@@ -14,6 +13,8 @@ from agents.models import (
     MetricRollup,
     PolicyVersion,
 )
+from agents.monitoring import drift as monitoring_drift
+from agents.monitoring import rollups as monitoring_rollups
 from opsconsole.models import AuditEntry, WebhookDelivery, WebhookEndpoint
 
 NOW_BUCKET = datetime(2026, 3, 9, 10, 0, tzinfo=UTC)
@@ -74,7 +75,7 @@ def test_a_rule_fires_on_a_constructed_shift_stores_the_alert_and_notifies(agent
     baseline(bot)
     current(bot, value=12.0)
 
-    raised = monitoring.drift_evaluate(size="hour", start=NOW_BUCKET)
+    raised = monitoring_drift.drift_evaluate(size="hour", start=NOW_BUCKET)
 
     assert raised == 1
     alert = DriftAlert.objects.get()
@@ -96,8 +97,8 @@ def test_the_same_bucket_alerts_once(agent, webhook):
     baseline(agent.agent)
     current(agent.agent, value=12.0)
 
-    assert monitoring.drift_evaluate(size="hour", start=NOW_BUCKET) == 1
-    assert monitoring.drift_evaluate(size="hour", start=NOW_BUCKET) == 0
+    assert monitoring_drift.drift_evaluate(size="hour", start=NOW_BUCKET) == 1
+    assert monitoring_drift.drift_evaluate(size="hour", start=NOW_BUCKET) == 0
     assert DriftAlert.objects.count() == 1
     assert WebhookDelivery.objects.filter(event="drift.alert").count() == 1
 
@@ -116,7 +117,7 @@ def test_a_rule_stays_quiet_on_noise(agent, webhook, value, runs, why):
     baseline(agent.agent)
     current(agent.agent, value=value, runs=runs)
 
-    assert monitoring.drift_evaluate(size="hour", start=NOW_BUCKET) == 0, why
+    assert monitoring_drift.drift_evaluate(size="hour", start=NOW_BUCKET) == 0, why
     assert not DriftAlert.objects.exists()
     assert not WebhookDelivery.objects.exists()
 
@@ -127,7 +128,7 @@ def test_a_flat_baseline_has_no_z_score_so_a_z_only_rule_stays_quiet(agent):
     baseline(agent.agent, values=[5.0])
     current(agent.agent, value=5.5)
 
-    assert monitoring.drift_evaluate(size="hour", start=NOW_BUCKET) == 0
+    assert monitoring_drift.drift_evaluate(size="hour", start=NOW_BUCKET) == 0
 
 
 @pytest.mark.django_db
@@ -146,7 +147,7 @@ def test_a_pinned_version_is_the_baseline_of_a_new_version(agent):
     baseline(bot, metric="tokens_p95", version="v1", values=[1000.0, 1100.0])
     current(bot, metric="tokens_p95", version="v2", value=2000.0)
 
-    assert monitoring.drift_evaluate(size="hour", start=NOW_BUCKET) == 1
+    assert monitoring_drift.drift_evaluate(size="hour", start=NOW_BUCKET) == 1
     alert = DriftAlert.objects.get()
     assert alert.agent_version == "v2"
     assert alert.baseline_mean == pytest.approx(1050.0)
@@ -160,7 +161,7 @@ def test_a_falling_metric_fires_only_a_rule_watching_it_fall(agent):
     baseline(bot, values=[20.0, 22.0, 24.0])
     current(bot, value=2.0)
 
-    monitoring.drift_evaluate(size="hour", start=NOW_BUCKET)
+    monitoring_drift.drift_evaluate(size="hour", start=NOW_BUCKET)
 
     assert list(DriftAlert.objects.values_list("rule__name", flat=True)) == ["falls"]
 
@@ -175,7 +176,7 @@ def test_an_acting_rule_disables_the_agent_and_its_next_gateway_call_gets_agent_
     baseline(bot)
     current(bot, value=12.0)
 
-    monitoring.drift_evaluate(size="hour", start=NOW_BUCKET)
+    monitoring_drift.drift_evaluate(size="hour", start=NOW_BUCKET)
 
     bot.refresh_from_db()
     assert not bot.enabled
@@ -215,7 +216,7 @@ budgets: {max_tool_calls: 15}
     baseline(bot)
     current(bot, value=12.0)
 
-    monitoring.drift_evaluate(size="hour", start=NOW_BUCKET)
+    monitoring_drift.drift_evaluate(size="hour", start=NOW_BUCKET)
 
     latest = PolicyVersion.objects.order_by("-number").first()
     assert latest.author == "rule:tool-calls-spike"
@@ -241,7 +242,7 @@ def test_rules_that_act_must_name_an_agent_and_every_rule_needs_a_threshold(admi
     from opsconsole.errors import Invalid
 
     with pytest.raises(Invalid) as raised:
-        monitoring.drift_rule_save(
+        monitoring_drift.drift_rule_save(
             actor="user:ada-admin",
             fields={"name": "fleet", "metric": "stop_rate", "action": "disable_agent"},
         )
@@ -261,11 +262,11 @@ def test_rollups_then_drift_end_to_end_from_raw_runs(agent):
     for day in range(1, 4):
         for _ in range(2):
             finished_run(bot, calls=1, ended_at=NOW_BUCKET - timedelta(days=day))
-        monitoring.rollup_bucket(size="hour", start=NOW_BUCKET - timedelta(days=day))
+        monitoring_rollups.rollup_bucket(size="hour", start=NOW_BUCKET - timedelta(days=day))
     for _ in range(3):
         finished_run(bot, calls=6, ended_at=NOW_BUCKET + timedelta(minutes=10))
 
-    result = monitoring.rollups_compute(now=now)
+    result = monitoring_rollups.rollups_compute(now=now)
 
     assert result["alerts"] == 1
     alert = DriftAlert.objects.get()
@@ -277,7 +278,7 @@ def test_the_drift_page_shows_alerts_and_only_admins_create_rules(agent, oncall,
     rule(agent.agent)
     baseline(agent.agent)
     current(agent.agent, value=12.0)
-    monitoring.drift_evaluate(size="hour", start=NOW_BUCKET)
+    monitoring_drift.drift_evaluate(size="hour", start=NOW_BUCKET)
     fields = {
         "name": "usd-up",
         "metric": "usd_avg",

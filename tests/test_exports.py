@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import pytest
 from django.core.management import CommandError, call_command
 
-from agents import services
-from agents.exports import CSV_COLUMNS
+from agents.gateway import services
 from agents.models import Run, TraceEvent
+from agents.monitoring.exports import CSV_COLUMNS
 from tests.conftest import make_agent
 
 
@@ -101,7 +101,7 @@ def test_a_bad_filter_is_an_error(runs):
 
 @pytest.mark.django_db
 def test_exports_stream_across_keyset_pages(runs):
-    from agents.exports import runs_export
+    from agents.monitoring.exports import runs_export
 
     chunks = list(runs_export(format="jsonl", filters={}, batch=1))
 

@@ -26,9 +26,9 @@ import pytest
 from django.db import DatabaseError
 
 from agents.client import CONTROL_PLANE_UNAVAILABLE, Budgets, Gateway, Stop
-from agents.models import Run, ToolCall
+from agents.models import KillSwitch, Run, ToolCall
 from approvals.models import ApprovalRequest
-from opsconsole.models import AuditEntry, KillSwitch
+from opsconsole.models import AuditEntry
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = """
@@ -64,11 +64,12 @@ def manage(env: dict[str, str], *args: str, timeout: float = 180) -> str:
 
 
 PREPARE = """
-from agents import services
-from agents.policy import parse_yaml
-services.policy_publish(document=parse_yaml({policy!r}), author="system", reason="faults")
-agent = services.agent_create(name="fault-bot", actor="system")
-print(services.agent_key_issue(agent=agent, actor="system")[1])
+from agents.policy.document import parse_yaml
+from agents.policy.services import policy_publish
+from agents.registry.services import agent_create, agent_key_issue
+policy_publish(document=parse_yaml({policy!r}), author="system", reason="faults")
+agent = agent_create(name="fault-bot", actor="system")
+print(agent_key_issue(agent=agent, actor="system")[1])
 """
 
 

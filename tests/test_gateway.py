@@ -9,9 +9,9 @@ from django.db import OperationalError
 from django.utils import timezone
 
 from agents.models import Run, RunStatus, ToolBreaker, ToolCall, TraceEvent
+from agents.policy.services import kill_switch_set
 from approvals.models import ApprovalRequest, ApprovalStatus
 from approvals.services import approval_decide
-from opsconsole.services import kill_switch_set
 
 pytestmark = pytest.mark.django_db
 
@@ -84,7 +84,7 @@ def test_run_creation_needs_a_valid_agent_key(anonymous, agent):
 
 
 def test_a_revoked_key_is_refused(agent):
-    from agents.services import agent_key_revoke
+    from agents.registry.services import agent_key_revoke
 
     agent_key_revoke(key_id=agent.agent.keys.get().pk, actor="system")
     assert agent.api.post_json("/api/v1/runs", {"task": "x"}).status_code == 401
@@ -413,7 +413,7 @@ def test_stop_all_refuses_new_runs_and_stops_running_ones(
 
 
 def test_a_disabled_agent_is_stopped_and_cannot_start_runs(agent, start_run):
-    from agents.services import agent_set_enabled
+    from agents.registry.services import agent_set_enabled
 
     run = start_run()
     agent_set_enabled(agent=agent.agent, enabled=False, actor="user:ada", reason="misbehaving")
@@ -596,7 +596,7 @@ def test_a_database_failure_is_a_503_never_an_allow(agent, start_run, monkeypatc
     def broken(**kwargs):
         raise OperationalError("could not connect to server")
 
-    monkeypatch.setattr("agents.services._lock_run", broken)
+    monkeypatch.setattr("agents.gateway.services.run_lock_for_agent", broken)
     response = agent.api.post_json(
         f"/api/v1/runs/{run['id']}/tool-calls", {"tool": "kb.read", "args": {}}
     )
@@ -665,7 +665,7 @@ def test_an_allow_decision_takes_a_fixed_number_of_queries(agent, start_run):
 @pytest.mark.parametrize("name", ["", "my bot", "x" * 101, "bot/1"])
 def test_an_agent_name_the_policy_could_not_address_is_refused(db, name):
     from agents.models import Agent
-    from agents.services import agent_create
+    from agents.registry.services import agent_create
     from opsconsole.errors import Invalid
 
     with pytest.raises(Invalid):

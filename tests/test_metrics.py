@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.models import ToolBreaker
-from opsconsole.models import KillSwitch
+from agents.models import KillSwitch, ToolBreaker
 
 
 def scrape(client, **headers) -> dict[str, list]:

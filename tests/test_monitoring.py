@@ -7,8 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from agents import monitoring, services
+from agents.gateway import services
 from agents.models import ALL_VERSIONS, BucketSize, MetricRollup, Run, ToolCall
+from agents.monitoring import rollups as monitoring
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
 
@@ -165,7 +166,7 @@ def test_a_recomputed_bucket_drops_series_that_no_longer_have_runs(agent):
 
 @pytest.mark.django_db
 def test_the_celery_task_and_the_embedded_scheduler_run_the_rollup(agent, settings):
-    from agents.tasks import rollup_metrics
+    from agents.monitoring.tasks import rollup_metrics
     from opsconsole import scheduler
 
     finished_run(agent.agent, calls=1, ended_at=datetime.now(UTC))
@@ -176,7 +177,7 @@ def test_the_celery_task_and_the_embedded_scheduler_run_the_rollup(agent, settin
     }
 
     MetricRollup.objects.all().delete()
-    scheduler._last_rollup = 0.0
+    scheduler._last_run.pop("monitoring.rollup", None)
     done = scheduler.run_due_sweeps()
     assert done["rollups"] == 6
     assert MetricRollup.objects.filter(size="hour").count() == 3

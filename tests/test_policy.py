@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from agents.models import PolicyVersion
-from agents.policy import (
+from agents.policy.document import (
     SEED_POLICY_YAML,
     Policy,
     PolicyError,
@@ -18,7 +18,7 @@ from agents.policy import (
     normalise,
     parse_yaml,
 )
-from agents.selectors import policy_current
+from agents.policy.selectors import policy_current
 from opsconsole.models import AuditEntry
 
 # Verbatim from seed/000_d194144fc064e8dd.txt, section "Config segura por defecto".

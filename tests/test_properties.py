@@ -34,14 +34,18 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from agents import services, stop_reasons
-from agents.api import _poll_tool_call
+from agents import stop_reasons
+from agents.gateway import services as gateway_services
+from agents.gateway.api import _poll_tool_call
 from agents.models import Decision, EventKind, Run, ToolCall, TraceEvent
+from agents.policy import services as policy_services
+from agents.policy.services import kill_switch_set
+from agents.registry import services as registry_services
+from agents.runs import services as runs_services
 from approvals.models import ApprovalRequest, ApprovalStatus
 from approvals.services import approval_decide, approval_expire
 from opsconsole import roles
 from opsconsole.errors import ServiceError
-from opsconsole.services import kill_switch_set
 
 pytestmark = pytest.mark.django_db
 
@@ -114,7 +118,7 @@ class GatewayMachine(RuleBasedStateMachine):
         super().__init__()
         self._savepoint = transaction.atomic()
         self._savepoint.__enter__()
-        self.agent = services.agent_create(name="prop-bot", actor="system")
+        self.agent = registry_services.agent_create(name="prop-bot", actor="system")
         group = Group.objects.get(name=roles.REVIEWER)
         self.reviewers = []
         for name in ("rita", "ravi", "rosa"):
@@ -157,7 +161,7 @@ class GatewayMachine(RuleBasedStateMachine):
 
     @initialize(ceilings=budgets)
     def publish_policy(self, ceilings: dict[str, Any]) -> None:
-        services.policy_publish(
+        policy_services.policy_publish(
             document=policy_document(ceilings), author="system", reason="property test"
         )
 
@@ -174,7 +178,7 @@ class GatewayMachine(RuleBasedStateMachine):
         body = {"task": task, "budgets": asked or {}}
         self.started += 1
         try:
-            run, created = services.run_start(
+            run, created = gateway_services.run_start(
                 agent=self.agent, task=task, budgets=asked or {}, idempotency_key=key
             )
         except ServiceError as exc:
@@ -204,7 +208,7 @@ class GatewayMachine(RuleBasedStateMachine):
     def step(self, data: st.DataObject, tokens: int, usd: Decimal) -> None:
         run_id = self._pick_run(data)
         before = Run.objects.get(pk=run_id)
-        outcome = services.step_record(
+        outcome = gateway_services.step_record(
             agent=self.agent, run_id=run_id, tokens_in=tokens, tokens_out=0, usd=usd
         )
         if not before.is_active:
@@ -222,7 +226,7 @@ class GatewayMachine(RuleBasedStateMachine):
         before = Run.objects.get(pk=run_id)
         remembered = self.call_keys.get((run_id, key)) if key else None
         try:
-            call = services.tool_call_decide(
+            call = gateway_services.tool_call_decide(
                 agent=self.agent, run_id=run_id, tool=tool, args=args, idempotency_key=key
             )
         except ServiceError as exc:
@@ -255,10 +259,10 @@ class GatewayMachine(RuleBasedStateMachine):
         run_id = self._pick_run(data)
         for i in range(max(calls, steps)):
             if i < steps:
-                services.step_record(agent=self.agent, run_id=run_id, tokens_in=10)
+                gateway_services.step_record(agent=self.agent, run_id=run_id, tokens_in=10)
             if i < calls:
                 before = Run.objects.get(pk=run_id)
-                call = services.tool_call_decide(
+                call = gateway_services.tool_call_decide(
                     agent=self.agent,
                     run_id=run_id,
                     tool="kb.read",
@@ -283,7 +287,7 @@ class GatewayMachine(RuleBasedStateMachine):
             st.sampled_from(sorted(self.call_keys.items(), key=repr))
         )
         before = Run.objects.get(pk=run_id)
-        call = services.tool_call_decide(
+        call = gateway_services.tool_call_decide(
             agent=self.agent, run_id=run_id, tool=tool, args=args, idempotency_key=key
         )
         after = Run.objects.get(pk=run_id)
@@ -295,7 +299,7 @@ class GatewayMachine(RuleBasedStateMachine):
     def retry_run_start(self, data: st.DataObject) -> None:
         key, (body, run_id) = data.draw(st.sampled_from(sorted(self.run_keys.items())))
         count = Run.objects.filter(agent=self.agent).count()
-        run, created = services.run_start(
+        run, created = gateway_services.run_start(
             agent=self.agent, task=body["task"], budgets=body["budgets"], idempotency_key=key
         )
         assert (run.pk, created) == (run_id, False)
@@ -322,7 +326,7 @@ class GatewayMachine(RuleBasedStateMachine):
             "usd": usd,
         }
         try:
-            services.tool_call_report(**report)
+            gateway_services.tool_call_report(**report)
         except ServiceError as exc:
             assert exc.code in {"not_allowed", "result_already_reported"}
             if exc.code == "not_allowed":
@@ -334,7 +338,7 @@ class GatewayMachine(RuleBasedStateMachine):
         if repeat:
             # The agent retries the same report (a lost answer): nothing is spent again.
             before = Run.objects.get(pk=call.run_id)
-            services.tool_call_report(**report)
+            gateway_services.tool_call_report(**report)
             assert Run.objects.get(pk=call.run_id).usd == before.usd
 
     def _decide(self, call_id: int, reviewer: int, verdict: str) -> None:
@@ -417,7 +421,9 @@ class GatewayMachine(RuleBasedStateMachine):
         run_id = self._pick_run(data)
         before = Run.objects.get(pk=run_id)
         try:
-            run = services.run_cancel(run_id=run_id, actor="user:olivia", reason="property test")
+            run = gateway_services.run_cancel(
+                run_id=run_id, actor="user:olivia", reason="property test"
+            )
         except ServiceError as exc:
             assert exc.code == "run_ended" and not before.is_active
             return
@@ -431,7 +437,7 @@ class GatewayMachine(RuleBasedStateMachine):
         run_id = self._pick_run(data)
         before = Run.objects.get(pk=run_id)
         try:
-            run = services.run_finish(
+            run = gateway_services.run_finish(
                 agent=self.agent, run_id=run_id, status="succeeded" if succeeded else "failed"
             )
         except ServiceError as exc:
@@ -451,7 +457,7 @@ class GatewayMachine(RuleBasedStateMachine):
         self.kill_mode = mode
         if mode == "stop_all":
             # The background sweep stop_all queues (run eagerly here).
-            services.runs_stop_all_for_kill_switch()
+            gateway_services.runs_stop_all_for_kill_switch()
 
     # --- invariants -------------------------------------------------------------------------
 
@@ -539,24 +545,24 @@ def _reject_still_allows(monkeypatch) -> None:
 
 
 def _budget_off_by_one(monkeypatch) -> None:
-    lock = services._lock_run
+    lock = runs_services.run_lock_for_agent
 
     def mutated(*, agent, run_id):
         run = lock(agent=agent, run_id=run_id)
         run.max_tool_calls = (run.max_tool_calls or 0) + 1
         return run
 
-    monkeypatch.setattr(services, "_lock_run", mutated)
+    monkeypatch.setattr(gateway_services, "run_lock_for_agent", mutated)
 
 
 def _retry_spends_again(monkeypatch) -> None:
-    original = services._idempotent_tool_call
+    original = gateway_services._idempotent_tool_call
 
     def mutated(existing, tool, args_hash):
         Run.objects.filter(pk=existing.run_id).update(tool_calls=F("tool_calls") + 1)
         return original(existing, tool, args_hash)
 
-    monkeypatch.setattr(services, "_idempotent_tool_call", mutated)
+    monkeypatch.setattr(gateway_services, "_idempotent_tool_call", mutated)
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,11 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from agents import replay, services
+from agents.gateway import services
 from agents.models import GoldenRun, Run, ToolCall, TraceEvent
-from agents.policy import parse_yaml
-from agents.selectors import policy_current
+from agents.monitoring import replay
+from agents.policy.document import parse_yaml
+from agents.policy.selectors import policy_current
 from approvals.services import approval_decide
 from opsconsole.errors import Conflict
 from opsconsole.models import AuditEntry

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agents.models import Run
+from agents.models import KillSwitch, Run
 from approvals.models import ApprovalDecision, ApprovalRequest
-from opsconsole.models import AuditEntry, KillSwitch
+from opsconsole.models import AuditEntry
 
 pytestmark = pytest.mark.django_db
 

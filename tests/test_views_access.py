@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from opsconsole.models import KillSwitch
+from agents.models import KillSwitch
 
 # Pages every role (on-call and up) may open.
 ONCALL_PAGES = [
@@ -121,7 +121,7 @@ def test_the_navigation_offers_agents_only_to_admins(oncall, admin):
 
 
 def test_the_kill_switch_banner_shows_on_every_page_while_it_is_on(oncall, admin):
-    from opsconsole.services import kill_switch_set
+    from agents.policy.services import kill_switch_set
 
     client = logged_in(oncall)
     page = client.get(reverse("runs:list")).content.decode()

@@ -8,10 +8,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
-from agents.models import Agent, AgentKey, PolicyVersion, Run
-from agents.policy import dump_yaml
-from agents.selectors import policy_current
-from opsconsole.models import AuditEntry, KillSwitch
+from agents.models import Agent, AgentKey, KillSwitch, PolicyVersion, Run
+from agents.policy.document import dump_yaml
+from agents.policy.selectors import policy_current
+from opsconsole.models import AuditEntry
 
 
 def logged_in(person) -> Client:
@@ -28,7 +28,7 @@ def switch() -> KillSwitch:
 
 
 def test_everyone_with_a_role_sees_who_set_the_switch_and_why(oncall):
-    from opsconsole.services import kill_switch_set
+    from agents.policy.services import kill_switch_set
 
     kill_switch_set(mode="disable_writes", reason="mail vendor down", actor="user:ada-admin")
     page = logged_in(oncall).get(reverse("kill_switch")).content.decode()
@@ -84,7 +84,7 @@ def test_stop_all_confirmation_says_the_runs_stop_now(admin, start_run):
 
 
 def test_a_confirmation_made_stale_by_another_change_is_asked_again(admin):
-    from opsconsole.services import kill_switch_set
+    from agents.policy.services import kill_switch_set
 
     kill_switch_set(mode="stop_all", reason="someone else", actor="user:other")
     response = logged_in(admin).post(
@@ -416,7 +416,7 @@ def test_restore_needs_a_post(admin):
 
 
 def test_the_audit_log_shows_before_and_after_and_filters(oncall, admin, agent, start_run):
-    from opsconsole.services import kill_switch_set
+    from agents.policy.services import kill_switch_set
 
     run = start_run()
     logged_in(oncall).post(reverse("runs:cancel", args=[run["id"]]), {"reason": "stuck"})

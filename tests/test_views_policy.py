@@ -43,8 +43,8 @@ def test_a_dry_run_of_an_invalid_draft_shows_the_errors(client, admin):
 
 
 def _yaml_with_max_tool_calls(n: int) -> str:
-    from agents.policy import dump_yaml
-    from agents.selectors import policy_current
+    from agents.policy.document import dump_yaml
+    from agents.policy.selectors import policy_current
 
     document = policy_current().document
     document = {**document, "budgets": {**document["budgets"], "max_tool_calls": n}}
@@ -52,8 +52,8 @@ def _yaml_with_max_tool_calls(n: int) -> str:
 
 
 def test_a_save_based_on_an_older_version_is_refused_and_shown_why(client, admin):
-    from agents.selectors import policy_current
-    from agents.services import policy_publish
+    from agents.policy.selectors import policy_current
+    from agents.policy.services import policy_publish
 
     client.force_login(admin.user)
     page = client.get(reverse("policy:edit")).content.decode()
@@ -103,8 +103,8 @@ def test_a_save_based_on_an_older_version_is_refused_and_shown_why(client, admin
     ],
 )
 def test_the_form_editors_refuse_a_stale_save_too(client, admin, url, data):
-    from agents.selectors import policy_current
-    from agents.services import policy_publish
+    from agents.policy.selectors import policy_current
+    from agents.policy.services import policy_publish
 
     client.force_login(admin.user)
     started_from = policy_current().version
@@ -119,8 +119,8 @@ def test_the_form_editors_refuse_a_stale_save_too(client, admin, url, data):
 
 
 def test_programmatic_amendments_reapply_on_top_of_a_version_published_in_between(db):
-    from agents.selectors import policy_current
-    from agents.services import policy_amend, policy_publish
+    from agents.policy.selectors import policy_current
+    from agents.policy.services import policy_amend, policy_publish
 
     calls = []
 

@@ -4,7 +4,7 @@ from django.db import migrations
 
 
 def create(apps, schema_editor):
-    from agents.policy import SEED_POLICY_YAML, normalise, parse_yaml
+    from agents.policy.document import SEED_POLICY_YAML, normalise, parse_yaml
 
     PolicyVersion = apps.get_model("agents", "PolicyVersion")
     if not PolicyVersion.objects.exists():

@@ -8,8 +8,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from agents.selectors import policy_current
-from agents.services import agent_create, agent_key_issue
+from agents.policy.selectors import policy_current
+from agents.registry.services import agent_create, agent_key_issue
 from opsconsole.errors import ServiceError
 from opsconsole.management.cli import actor_from, add_actor_argument, service_error_text
 

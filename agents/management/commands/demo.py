@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from agents import fleet
+from agents.demo import fleet as demo_fleet
 
 
 class Command(BaseCommand):
@@ -45,10 +45,10 @@ class Command(BaseCommand):
             signum: signal.signal(signum, request_shutdown)
             for signum in (signal.SIGINT, signal.SIGTERM)
         }
-        server = fleet.Server(port=port)
-        agents: fleet.Fleet | None = None
+        server = demo_fleet.Server(port=port)
+        agents: demo_fleet.Fleet | None = None
         try:
-            world = fleet.prepare()
+            world = demo_fleet.prepare()
             self._introduce(world, server.url)
             server.start()
             try:
@@ -57,7 +57,7 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from None
             self.say(f"Console: {server.url}/  (Ctrl-C stops everything)")
             if not no_fleet:
-                agents = fleet.Fleet(server.url, world.agent_keys, report=self.say)
+                agents = demo_fleet.Fleet(server.url, world.agent_keys, report=self.say)
                 agents.start()
                 self.say("Fleet started: one line per finished run (agent, run id, stop reason).")
             self._wait(shutdown, server, duration)
@@ -71,7 +71,7 @@ class Command(BaseCommand):
         self.say("Demo stopped.")
 
     def _wait(
-        self, shutdown: threading.Event, server: fleet.Server, duration: float | None
+        self, shutdown: threading.Event, server: demo_fleet.Server, duration: float | None
     ) -> None:
         remaining = duration
         while not shutdown.is_set():
@@ -84,7 +84,7 @@ class Command(BaseCommand):
                 if remaining <= 0:
                     return
 
-    def _introduce(self, world: fleet.DemoWorld, url: str) -> None:
+    def _introduce(self, world: demo_fleet.DemoWorld, url: str) -> None:
         self.say("Demo users (new passwords and API tokens at every start):")
         for user in world.users:
             self.say(

@@ -9,7 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents.models import PolicyVersion
-from agents.policy import dump_yaml
+from agents.policy.document import dump_yaml
 
 
 class Command(BaseCommand):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from agents.exports import FORMATS, runs_export
-from agents.forms import RunFilterForm
+from agents.monitoring.exports import FORMATS, runs_export
+from agents.runs.forms import RunFilterForm
 
 
 class Command(BaseCommand):

@@ -8,9 +8,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from agents.policy import PolicyError, normalise, parse_yaml
-from agents.selectors import policy_current
-from agents.services import policy_publish
+from agents.policy.document import PolicyError, normalise, parse_yaml
+from agents.policy.selectors import policy_current
+from agents.policy.services import policy_publish
 from opsconsole.errors import ServiceError
 from opsconsole.management.cli import actor_from, add_actor_argument, service_error_text
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from agents import replay
-from agents.policy import PolicyError, parse_yaml
-from agents.selectors import policy_current
+from agents.monitoring import replay as monitoring_replay
+from agents.policy.document import PolicyError, parse_yaml
+from agents.policy.selectors import policy_current
 from opsconsole.errors import Invalid
 
 
@@ -28,14 +28,16 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         if options["policy"]:
             try:
-                policy = replay.draft_policy(parse_yaml(Path(options["policy"]).read_text()))
+                policy = monitoring_replay.draft_policy(
+                    parse_yaml(Path(options["policy"]).read_text())
+                )
             except (OSError, PolicyError, Invalid) as exc:
                 raise CommandError(f"Cannot use {options['policy']}: {exc}", returncode=2) from None
             against = options["policy"]
         else:
             policy = policy_current()
             against = f"policy v{policy.version}"
-        results = replay.golden_replay(replay.golden_list(), policy)
+        results = monitoring_replay.golden_replay(monitoring_replay.golden_list(), policy)
         differing = [(golden, result) for golden, result in results if result.changed]
         for golden, result in differing:
             self.stdout.write(f"run {golden.run_id} ({result.agent} {result.agent_version}):")

@@ -113,7 +113,7 @@ class DemoWorld:
 
 def demo_policy_document(current_agents: dict[str, Any] | None = None) -> dict[str, Any]:
     """The seed's config plus the demo tools and agents; other agents' rules are kept."""
-    from agents.policy import SEED_POLICY_YAML, parse_yaml
+    from agents.policy.document import SEED_POLICY_YAML, parse_yaml
 
     document = parse_yaml(SEED_POLICY_YAML)
     document["tools"]["allow"] = sorted({*document["tools"]["allow"], *DEMO_TOOLS})
@@ -153,9 +153,9 @@ def _demo_user(username: str, role: str) -> DemoUser:
 
 
 def _demo_policy() -> tuple[int, bool]:
-    from agents.policy import normalise
-    from agents.selectors import policy_current
-    from agents.services import policy_publish
+    from agents.policy.document import normalise
+    from agents.policy.selectors import policy_current
+    from agents.policy.services import policy_publish
 
     current = policy_current()
     wanted = normalise(demo_policy_document(current.document.get("agents")))
@@ -167,7 +167,7 @@ def _demo_policy() -> tuple[int, bool]:
 
 def _demo_agent_key(name: str) -> str:
     from agents.models import Agent, AgentKey
-    from agents.services import agent_create, agent_key_issue, agent_key_revoke
+    from agents.registry.services import agent_create, agent_key_issue, agent_key_revoke
 
     agent = Agent.objects.filter(name=name).first()
     if agent is None:

@@ -1,26 +1,17 @@
-"""Console URLs of the runs, agents and policy pages (included from opsconsole/web_urls.py)."""
+"""Console URLs of the policy pages (included from opsconsole/web_urls.py, namespace ``policy``).
+
+The kill switch page is ``/kill-switch/`` (URL name ``kill_switch``), wired in web_urls.py.
+"""
 
 from __future__ import annotations
 
 from django.urls import path
 
-from agents import views
+from agents.policy import views
 
-run_patterns = [
-    path("", views.run_list, name="list"),
-    path("<int:run_id>/", views.run_detail, name="detail"),
-    path("<int:run_id>/cancel", views.run_cancel, name="cancel"),
-]
+app_name = "policy"
 
-agent_patterns = [
-    path("", views.agent_list, name="list"),
-    path("keys/<int:key_id>/revoke", views.agent_key_revoke, name="key_revoke"),
-    path("<slug:name>/", views.agent_detail, name="detail"),
-    path("<slug:name>/keys", views.agent_key_issue, name="key_issue"),
-    path("<slug:name>/enabled", views.agent_set_enabled, name="set_enabled"),
-]
-
-policy_patterns = [
+urlpatterns = [
     path("", views.policy_current, name="current"),
     path("edit", views.policy_edit, name="edit"),
     path("export", views.policy_export, name="export"),

@@ -6,11 +6,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from agents.selectors import kill_switch_current, policy_current
+from agents.models import KillSwitch, KillSwitchMode
+from agents.policy.selectors import kill_switch_current, policy_current
+from agents.policy.services import kill_switch_set
 from opsconsole.errors import ServiceError
 from opsconsole.management.cli import actor_from, add_actor_argument, service_error_text
-from opsconsole.models import KillSwitch, KillSwitchMode
-from opsconsole.services import kill_switch_set
 
 ON = "on"
 

@@ -1,11 +1,11 @@
 """Console URLs of the monitoring pages, included from opsconsole/web_urls.py as
-``path("monitoring/", include("agents.monitoring_urls"))`` (namespace ``monitoring``)."""
+``path("monitoring/", include("agents.monitoring.urls"))`` (namespace ``monitoring``)."""
 
 from __future__ import annotations
 
 from django.urls import path
 
-from agents import monitoring_views as views
+from agents.monitoring import views
 
 app_name = "monitoring"
 

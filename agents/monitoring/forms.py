@@ -14,7 +14,7 @@ from agents.models import (
     DriftDirection,
     DriftMetric,
 )
-from agents.monitoring import SeriesKey
+from agents.monitoring.rollups import SeriesKey
 
 # How many buckets (hours or days) the charts span.
 SPANS = [(24, "last 24"), (48, "last 48"), (90, "last 90"), (168, "last 168")]

@@ -1,7 +1,7 @@
 """Replay a recorded run against a policy without calling any tool; golden runs; dry runs.
 
 A replay walks the run's trace in order and re-decides every step, tool call and reported
-result with the gateway's own checks (``agents.decisions``), against the given policy. The
+result with the gateway's own checks (``agents.gateway.decisions``), against the given policy. The
 recorded tool outputs stand in for the tools. What the policy does not decide is taken as
 recorded (the environment):
 
@@ -28,12 +28,25 @@ from django.db import transaction
 from django.db.models import Prefetch
 
 from agents import stop_reasons
-from agents.decisions import output_errors, result_stop_reason, step_verdict, tool_call_verdict
-from agents.models import Decision, EventKind, GoldenRun, Run, RunStatus, ToolCall, TraceEvent
-from agents.policy import BUDGET_NAMES, Policy, canonical_hash, normalise
+from agents.gateway.decisions import (
+    output_errors,
+    result_stop_reason,
+    step_verdict,
+    tool_call_verdict,
+)
+from agents.models import (
+    Decision,
+    EventKind,
+    GoldenRun,
+    KillSwitchMode,
+    Run,
+    RunStatus,
+    ToolCall,
+    TraceEvent,
+)
+from agents.policy.document import BUDGET_NAMES, Policy, canonical_hash, normalise
 from opsconsole.audit import audit_record
 from opsconsole.errors import Conflict, Invalid, NotFound
-from opsconsole.models import KillSwitchMode
 
 ENDED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.STOPPED)
 CONTINUE = "continue"
@@ -222,8 +235,8 @@ def _consequences(events: list[dict[str, Any]]) -> set[int]:
     return caused
 
 
-def _effective_budgets(requested: dict[str, Any], ceilings: dict[str, Any]) -> dict[str, Any]:
-    from agents.services import _effective_budgets as effective  # run_start's own rule
+def effective_budgets(requested: dict[str, Any], ceilings: dict[str, Any]) -> dict[str, Any]:
+    from agents.gateway.budgets import effective_budgets as effective
 
     return effective(requested or {}, ceilings)
 
@@ -231,7 +244,7 @@ def _effective_budgets(requested: dict[str, Any], ceilings: dict[str, Any]) -> d
 def replay(recording: dict[str, Any], policy: Policy) -> ReplayResult:
     """Re-decide a recording against ``policy`` (see the module docstring). Calls no tool."""
     agent = recording["agent"]
-    budgets = _effective_budgets(recording.get("requested") or {}, policy.ceilings(agent))
+    budgets = effective_budgets(recording.get("requested") or {}, policy.ceilings(agent))
     counters = _Counters(**{name: budgets[name] for name in BUDGET_NAMES})
     result = ReplayResult(
         run_id=recording["run"],
@@ -401,7 +414,7 @@ def _kill_mode(recorded_stop_reason: str) -> str:
 
 def draft_policy(document: dict[str, Any]) -> Policy:
     """A policy document that is not published (version None). Raises Invalid."""
-    from agents.policy import PolicyError
+    from agents.policy.document import PolicyError
 
     try:
         return Policy(None, normalise(document))  # type: ignore[arg-type]
@@ -417,7 +430,7 @@ def _with_trace(runs):
 
 def replay_run(run: Run, policy: Policy | None = None) -> ReplayResult:
     """Replay one recorded run against ``policy`` (default: the policy in force)."""
-    from agents.selectors import policy_current
+    from agents.policy.selectors import policy_current
 
     run = _with_trace(Run.objects.filter(pk=run.pk)).get()
     return replay(recording_of(run), policy or policy_current())

@@ -1,4 +1,4 @@
-"""Prometheus metrics for ``/metrics``.
+"""Prometheus metrics for ``/metrics`` (the gateway's own counters are agents/gateway/metrics.py).
 
 Two kinds, chosen for correctness with several worker processes:
 
@@ -19,55 +19,16 @@ from agents, and an unbounded label would let one misbehaving agent flood the ti
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
-from functools import wraps
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from agents import stop_reasons
-
-REGISTRY = CollectorRegistry(auto_describe=True)
-
-DECISIONS = Counter(
-    "opsconsole_gateway_decisions",
-    "Gateway answers by kind (tool_call, step), outcome and stop reason kind.",
-    ["kind", "outcome", "stop_reason"],
-    registry=REGISTRY,
-)
-DECISION_SECONDS = Histogram(
-    "opsconsole_gateway_decision_seconds",
-    "Time to decide a tool call or a step, including its transaction.",
-    ["kind"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-    registry=REGISTRY,
-)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def observed_decision(kind: str) -> Callable[[F], F]:
-    """Count and time every answer of a gateway service returning ``.decision``/``.stop_reason``.
-
-    Failures (404, 409, validation) are not decisions and are not counted.
-    """
-
-    def decorator(function: F) -> F:
-        @wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            outcome = function(*args, **kwargs)
-            DECISION_SECONDS.labels(kind).observe(time.perf_counter() - started)
-            reason = stop_reasons.kind_of(outcome.stop_reason or "") or "none"
-            DECISIONS.labels(kind, str(outcome.decision), reason).inc()
-            return outcome
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorator
+from agents.gateway.metrics import REGISTRY
+from agents.models import BreakerState, KillSwitchMode, ToolBreaker
+from agents.policy.selectors import kill_switch_current
+from approvals.selectors import approval_pending_count
 
 
 class DatabaseStateCollector:
@@ -78,17 +39,10 @@ class DatabaseStateCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        from agents.models import BreakerState, ToolBreaker
-        from agents.selectors import kill_switch_current
-        from approvals.models import ApprovalRequest, ApprovalStatus
-        from opsconsole.models import KillSwitchMode
-
         pending = GaugeMetricFamily(
             "opsconsole_pending_approvals", "Approval requests waiting for a reviewer."
         )
-        pending.add_metric(
-            [], ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING).count()
-        )
+        pending.add_metric([], approval_pending_count())
         yield pending
 
         mode = kill_switch_current().mode

@@ -8,11 +8,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents.selectors import kill_switch_current
+from agents.models import KillSwitchMode
+from agents.policy.selectors import kill_switch_current
+from agents.policy.services import kill_switch_set
 from opsconsole.audit import actor_name
 from opsconsole.authentication import IsAdmin, IsOncall
-from opsconsole.models import KillSwitchMode
-from opsconsole.services import kill_switch_set
 
 
 class KillSwitchInSerializer(serializers.Serializer):

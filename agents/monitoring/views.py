@@ -10,7 +10,6 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.http import (
-    Http404,
     HttpRequest,
     HttpResponse,
     HttpResponseBadRequest,
@@ -22,22 +21,26 @@ from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from agents import charts, exports, monitoring, replay, selectors
-from agents.forms import RunFilterForm
-from agents.metrics import exposition
 from agents.models import BucketSize, DriftMetric
-from agents.monitoring_forms import (
+from agents.monitoring import charts, exports, replay, rollups
+from agents.monitoring import drift as drift_rules
+from agents.monitoring.forms import (
     DEFAULT_SPAN,
     DashboardForm,
     DriftRuleForm,
     DryRunForm,
     GoldenMarkForm,
 )
-from agents.policy import PolicyError, parse_yaml
+from agents.monitoring.metrics import exposition
+from agents.policy import selectors as policy_selectors
+from agents.policy.document import PolicyError, parse_yaml
+from agents.runs import selectors as runs_selectors
+from agents.runs.forms import RunFilterForm
 from opsconsole import roles
 from opsconsole.audit import actor_name
 from opsconsole.decorators import role_required
 from opsconsole.errors import NotFound, ServiceError
+from opsconsole.pages import not_found
 
 LABEL_FORMATS = {BucketSize.HOUR: "%d %H:00", BucketSize.DAY: "%m-%d"}
 # (title, [(rollup field, line label, css class)]) of the percentile charts.
@@ -66,7 +69,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     form = DashboardForm(params)
     form.is_valid()  # invalid choices fall back to the defaults
     query = form.query()
-    board = monitoring.dashboard(**query)
+    board = rollups.dashboard(**query)
     label_format = LABEL_FORMATS[board.size]
     context = {
         "form": form,
@@ -77,7 +80,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
                 charts.stacked_bars(
                     title=f"Stop reasons · {key.label}",
                     buckets=board.buckets,
-                    stacks=[monitoring.stop_reason_kinds(row) for row in rows],
+                    stacks=[rollups.stop_reason_kinds(row) for row in rows],
                     order=board.stop_reason_kinds,
                     label_format=label_format,
                 ),
@@ -90,8 +93,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "latest": [
             (key, next((r for r in reversed(rows) if r), None)) for key, rows in board.series
         ],
-        "agent_versions": monitoring.agent_versions(),
-        "alerts": monitoring.drift_alert_list(limit=5),
+        "agent_versions": rollups.agent_versions(),
+        "alerts": drift_rules.drift_alert_list(limit=5),
         "export_query": _export_query(query["keys"][0].agent),
     }
     return render(request, "monitoring/dashboard.html", context)
@@ -135,8 +138,8 @@ def drift(request: HttpRequest) -> HttpResponse:
 
 def _drift_page(request: HttpRequest, form: DriftRuleForm, status: int = 200) -> HttpResponse:
     context = {
-        "alerts": monitoring.drift_alert_list(limit=100),
-        "rules": monitoring.drift_rule_list(),
+        "alerts": drift_rules.drift_alert_list(limit=100),
+        "rules": drift_rules.drift_rule_list(),
         "form": form,
         "metrics": DriftMetric,
     }
@@ -150,7 +153,7 @@ def drift_rule_create(request: HttpRequest) -> HttpResponse:
     form = DriftRuleForm(request.POST)
     if form.is_valid():
         try:
-            rule = monitoring.drift_rule_save(
+            rule = drift_rules.drift_rule_save(
                 actor=actor_name(request.user), fields=form.cleaned_data
             )
         except ServiceError as error:
@@ -168,11 +171,11 @@ def drift_rule_create(request: HttpRequest) -> HttpResponse:
 def drift_rule_enabled(request: HttpRequest, rule_id: int) -> HttpResponse:
     enabled = request.POST.get("enabled") == "1"
     try:
-        rule = monitoring.drift_rule_save(
+        rule = drift_rules.drift_rule_save(
             actor=actor_name(request.user), fields={"enabled": enabled}, rule_id=rule_id
         )
     except NotFound as error:
-        raise Http404(str(error.detail)) from None
+        raise not_found(error) from None
     messages.success(request, f"Drift rule {rule.name} {'enabled' if enabled else 'disabled'}.")
     return redirect("monitoring:drift")
 
@@ -187,7 +190,7 @@ def golden(request: HttpRequest) -> HttpResponse:
     goldens = replay.golden_list()
     results = None
     if request.GET.get("replay") == "1":
-        policy = selectors.policy_current()
+        policy = policy_selectors.policy_current()
         results = replay.golden_replay(goldens, policy)
     context = {
         "goldens": goldens,
@@ -232,10 +235,10 @@ def golden_unmark(request: HttpRequest, run_id: int) -> HttpResponse:
 def run_replay(request: HttpRequest, run_id: int) -> HttpResponse:
     """One run replayed against the policy in force, side by side with what happened."""
     try:
-        run = selectors.run_get(run_id=run_id)
+        run = runs_selectors.run_get(run_id=run_id)
         result = replay.replay_run(run)
     except NotFound as error:
-        raise Http404(str(error.detail)) from None
+        raise not_found(error) from None
     except ServiceError as error:
         return render(
             request, "monitoring/replay.html", {"run": run, "problem": error.detail}, status=409

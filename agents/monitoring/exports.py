@@ -1,6 +1,6 @@
 """Runs and their traces as JSON Lines or CSV, streamed.
 
-The filters are the runs list's own (``selectors.run_page`` keyword arguments: agent, status,
+The filters are the runs list's own (``runs_selectors.run_page`` keyword arguments: agent, status,
 stop_reason, since, until, search), so an export holds exactly the runs the list shows. Runs
 are read in keyset pages of ``batch`` (newest first, on the list's index) and each page's trace
 events with one ``iterator()`` query, so memory stays flat however many runs match.
@@ -19,8 +19,8 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
-from agents import selectors
 from agents.models import Run, TraceEvent
+from agents.runs import selectors as runs_selectors
 
 FORMATS = ("jsonl", "csv")
 CONTENT_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
@@ -56,7 +56,7 @@ def runs_export(*, format: str, filters: dict[str, Any], batch: int = 500) -> It
         yield _csv_line(CSV_COLUMNS)
     cursor = None
     while True:
-        runs, cursor = selectors.run_page(**filters, after=cursor, limit=batch)
+        runs, cursor = runs_selectors.run_page(**filters, after=cursor, limit=batch)
         if not runs:
             return
         ids = [run.pk for run in runs]

@@ -17,9 +17,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents import selectors, services
-from agents.models import Decision, Run
-from agents.serializers import (
+from agents.gateway import selectors, services
+from agents.gateway.serializers import (
     ResultOutcomeSerializer,
     RunCreateSerializer,
     RunFinishSerializer,
@@ -31,9 +30,10 @@ from agents.serializers import (
     ToolResultSerializer,
     tool_call_payload,
 )
-from approvals.services import approval_expire
+from agents.models import Decision, Run
+from approvals.services import approval_expire_if_due
 from opsconsole import roles
-from opsconsole.api_errors import UNAVAILABLE
+from opsconsole.api_errors import UNAVAILABLE, error_response
 from opsconsole.audit import actor_name
 from opsconsole.authentication import IsAgent, IsOncall, authenticate_bearer, is_agent
 from opsconsole.errors import NotFound
@@ -207,20 +207,10 @@ def _poll_tool_call(agent, tool_call_id: int) -> tuple[dict, bool]:
     if (
         tool_call.decision == Decision.PENDING_APPROVAL
         and request is not None
-        and request.is_pending
+        and approval_expire_if_due(request)
     ):
-        from django.utils import timezone
-
-        if timezone.now() >= request.expires_at and approval_expire(request_id=request.pk):
-            tool_call = selectors.tool_call_get_for_agent(agent=agent, tool_call_id=tool_call_id)
+        tool_call = selectors.tool_call_get_for_agent(agent=agent, tool_call_id=tool_call_id)
     return tool_call_payload(tool_call), tool_call.decision == Decision.PENDING_APPROVAL
-
-
-def _error(code: str, detail, status_code: int, **headers) -> JsonResponse:
-    response = JsonResponse({"error": code, "detail": detail}, status=status_code)
-    for key, value in headers.items():
-        response[key.replace("_", "-")] = value
-    return response
 
 
 @extend_schema(
@@ -233,15 +223,18 @@ def _error(code: str, detail, status_code: int, **headers) -> JsonResponse:
 )
 async def tool_call_detail(request: HttpRequest, tool_call_id: int) -> JsonResponse:
     if request.method != "GET":
-        return _error(
-            "method_not_allowed", f'Method "{request.method}" not allowed.', 405, Allow="GET"
+        return error_response(
+            "method_not_allowed",
+            f'Method "{request.method}" not allowed.',
+            405,
+            headers={"Allow": "GET"},
         )
     try:
         wait = float(request.GET.get("wait", "0") or 0)
     except ValueError:
-        return _error("malformed", "wait must be a number of seconds.", 400)
+        return error_response("malformed", "wait must be a number of seconds.", 400)
     if not 0 <= wait <= settings.OPSCONSOLE_MAX_WAIT_SECONDS:
-        return _error(
+        return error_response(
             "malformed", f"wait must be between 0 and {settings.OPSCONSOLE_MAX_WAIT_SECONDS}.", 400
         )
     try:
@@ -249,13 +242,16 @@ async def tool_call_detail(request: HttpRequest, tool_call_id: int) -> JsonRespo
             request.headers.get("Authorization", "")
         )
     except exceptions.AuthenticationFailed as exc:
-        return _error(
-            "unauthenticated", str(exc.detail), 401, WWW_Authenticate='Bearer realm="api"'
+        return error_response(
+            "unauthenticated",
+            str(exc.detail),
+            401,
+            headers={"WWW-Authenticate": 'Bearer realm="api"'},
         )
     except DatabaseError:
         return JsonResponse(UNAVAILABLE, status=503)
     if not is_agent(agent):
-        return _error("forbidden", "This endpoint is for agents; use an agent key.", 403)
+        return error_response("forbidden", "This endpoint is for agents; use an agent key.", 403)
     deadline = time.monotonic() + wait
     try:
         while True:
@@ -265,7 +261,7 @@ async def tool_call_detail(request: HttpRequest, tool_call_id: int) -> JsonRespo
                 return JsonResponse(payload)
             await asyncio.sleep(min(POLL_INTERVAL_SECONDS, remaining))
     except NotFound as exc:
-        return _error(exc.code, exc.detail, 404)
+        return error_response(exc.code, exc.detail, 404)
     except DatabaseError as exc:
         logger.warning("control plane unavailable: %s", exc)
         return JsonResponse(UNAVAILABLE, status=503)

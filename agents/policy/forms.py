@@ -1,114 +1,14 @@
-"""Forms of the runs, agents and policy pages. Validation of policy documents is the policy
-module's (``agents.policy.normalise``); these forms only turn its errors into form errors."""
+"""Forms of the policy editor (YAML, one tool, budgets, restore) and of the kill switch."""
 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from typing import Any
 
 from django import forms
-from django.utils import timezone
 
-from agents import stop_reasons
-from agents.models import RunStatus
-from agents.policy import BUDGET_NAMES, PolicyError, normalise, parse_yaml
-
-RANGES = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}
-
-
-class RunFilterForm(forms.Form):
-    agent = forms.CharField(required=False, max_length=100)
-    status = forms.ChoiceField(required=False, choices=[("", "any status"), *RunStatus.choices])
-    stop_reason = forms.CharField(
-        required=False,
-        max_length=200,
-        widget=forms.TextInput(attrs={"list": "stop-reasons", "placeholder": "any stop reason"}),
-    )
-    range = forms.ChoiceField(
-        required=False,
-        choices=[("", "any time"), ("1h", "last hour"), ("24h", "last day"), ("7d", "last week")],
-    )
-    since = forms.DateTimeField(
-        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
-    )
-    until = forms.DateTimeField(
-        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
-    )
-    q = forms.CharField(
-        required=False,
-        max_length=200,
-        widget=forms.TextInput(attrs={"type": "search", "placeholder": "search tasks"}),
-    )
-
-    def clean_stop_reason(self) -> str:
-        value = self.cleaned_data["stop_reason"].strip()
-        if value and stop_reasons.kind_of(value) not in stop_reasons.ALL_KINDS:
-            raise forms.ValidationError(
-                f"Not a stop reason. One of: {', '.join(stop_reasons.ALL_KINDS)}."
-            )
-        return value
-
-    def clean(self):
-        data = super().clean()
-        preset = data.get("range")
-        if preset and not data.get("since"):
-            data["since"] = timezone.now() - RANGES[preset]
-        since, until = data.get("since"), data.get("until")
-        if since and until and since >= until:
-            self.add_error("until", "The end must come after the start.")
-        return data
-
-    def selector_filters(self) -> dict[str, Any]:
-        """The valid filters as ``run_page`` keyword arguments (invalid ones are dropped)."""
-        data = getattr(self, "cleaned_data", {})
-        return {
-            "agent": data.get("agent") or None,
-            "status": data.get("status") or None,
-            "stop_reason": data.get("stop_reason") or None,
-            "since": data.get("since"),
-            "until": data.get("until"),
-            "search": (data.get("q") or "").strip() or None,
-        }
-
-
-class CancelRunForm(forms.Form):
-    reason = forms.CharField(required=False, max_length=2000)
-
-
-# --- agents -----------------------------------------------------------------------------------
-
-
-class AgentCreateForm(forms.Form):
-    name = forms.SlugField(max_length=100, help_text="letters, digits, - and _")
-    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
-    tools = forms.CharField(
-        required=False,
-        help_text="its own allowlist, comma-separated; empty: every globally allowed tool",
-    )
-
-    def clean_tools(self) -> list[str]:
-        return sorted({t.strip() for t in self.cleaned_data["tools"].split(",") if t.strip()})
-
-
-class KeyIssueForm(forms.Form):
-    label = forms.CharField(required=False, max_length=100)
-
-
-class AgentEnableForm(forms.Form):
-    enabled = forms.TypedChoiceField(
-        choices=[("1", "enable"), ("0", "disable")], coerce=lambda v: v == "1"
-    )
-    reason = forms.CharField(required=False, max_length=2000)
-
-    def clean(self):
-        data = super().clean()
-        if data.get("enabled") is False and not (data.get("reason") or "").strip():
-            self.add_error("reason", "Say why the agent is disabled; its runs will stop.")
-        return data
-
-
-# --- policy -----------------------------------------------------------------------------------
+from agents.models import KillSwitchMode
+from agents.policy.document import BUDGET_NAMES, PolicyError, normalise, parse_yaml
 
 
 class _ReasonForm(forms.Form):
@@ -359,3 +259,26 @@ class PolicyRestoreForm(_ReasonForm):
 
 def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True) if value else ""
+
+
+class KillSwitchForm(forms.Form):
+    """Step one proposes a change; step two (``confirmed``) carries it out."""
+
+    mode = forms.ChoiceField(choices=KillSwitchMode.choices)
+    reason = forms.CharField(
+        max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2})
+    )
+    confirmed = forms.BooleanField(required=False, widget=forms.HiddenInput)
+    # The mode the person saw when confirming; if someone else changed it since, ask again.
+    from_mode = forms.CharField(required=False, widget=forms.HiddenInput)
+
+    def clean(self):
+        data = super().clean()
+        reason = (data.get("reason") or "").strip()
+        data["reason"] = reason
+        if not reason:
+            self.add_error(
+                "reason",
+                "Say why: the reason is shown on every page and kept in the audit log.",
+            )
+        return data

@@ -1,7 +1,7 @@
 """The gateway's checks as pure functions: one place for the policy logic of a decision.
 
-``agents.services`` calls these with a locked run and closures that query the database;
-``agents.replay`` calls them with counters rebuilt from a recording and closures that count
+``agents.gateway.services`` calls these with a locked run and closures that query the database;
+``agents.monitoring.replay`` calls them with counters rebuilt from a recording and closures that count
 the replayed calls. Neither copies a check, so a replay decides what the gateway would.
 """
 
@@ -14,9 +14,8 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from agents import stop_reasons
-from agents.models import Decision
-from agents.policy import Policy, ToolRule, schema_errors
-from opsconsole.models import KillSwitchMode
+from agents.models import Decision, KillSwitchMode
+from agents.policy.document import Policy, ToolRule, schema_errors
 
 
 class RunCounters(Protocol):

@@ -1,0 +1,1 @@
+"""The simulated fleet behind ``make demo``: it drives the console through the client only."""

@@ -1,0 +1,74 @@
+"""Per-tool circuit breakers (degrade mode): admit a call or refuse it with ``tool_degraded``,
+and update the breaker from each reported result. Called in the gateway's transaction."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from agents.models import (
+    BreakerState,
+    ToolBreaker,
+    ToolCall,
+)
+from agents.policy.document import ToolRule
+from opsconsole.live import broadcast, group_for
+
+
+def breaker_admit(tool: str, rule: ToolRule) -> tuple[ToolBreaker | None, bool]:
+    """Returns (locked breaker or None, degraded?). An open breaker turns half-open after its cool-down."""
+    breaker = ToolBreaker.objects.select_for_update().filter(tool=tool).first()
+    if breaker is None or breaker.state == BreakerState.CLOSED:
+        return breaker, False
+    if breaker.state == BreakerState.OPEN:
+        cooled = breaker.opened_at and timezone.now() - breaker.opened_at >= timedelta(
+            seconds=rule.breaker["cooldown_seconds"]
+        )
+        if not cooled:
+            return breaker, True
+        breaker.state = BreakerState.HALF_OPEN
+        breaker.trial_calls_left = rule.breaker["trial_calls"]
+        breaker.save(update_fields=["state", "trial_calls_left", "updated_at"])
+        _broadcast_breaker(breaker)
+    return breaker, breaker.trial_calls_left <= 0
+
+
+def _broadcast_breaker(breaker: ToolBreaker) -> None:
+    broadcast(
+        [group_for("breakers")], "breaker.updated", {"tool": breaker.tool, "state": breaker.state}
+    )
+
+
+def breaker_record(tool: str, ok: bool, rule: ToolRule) -> None:
+    """Update the tool's breaker from one reported result (in the caller's transaction)."""
+    breaker, _ = ToolBreaker.objects.get_or_create(tool=tool)
+    breaker = ToolBreaker.objects.select_for_update().get(pk=breaker.pk)
+    settings = rule.breaker
+    now = timezone.now()
+    if breaker.state == BreakerState.HALF_OPEN:
+        if ok:
+            breaker.state, breaker.opened_at, breaker.window_start = BreakerState.CLOSED, None, now
+        else:
+            breaker.state, breaker.opened_at = BreakerState.OPEN, now
+        breaker.failure_rate = 0.0 if ok else 1.0
+        breaker.save()
+        _broadcast_breaker(breaker)
+        return
+    if breaker.state == BreakerState.OPEN:
+        return  # late results of calls allowed before it opened change nothing
+    recent = ToolCall.objects.filter(tool=tool, reported_at__isnull=False)
+    if breaker.window_start:
+        recent = recent.filter(reported_at__gte=breaker.window_start)
+    results = list(
+        recent.order_by("-reported_at").values_list("result_ok", flat=True)[: settings["window"]]
+    )
+    failures = sum(1 for r in results if not r)
+    rate = failures / len(results) if results else 0.0
+    breaker.failure_rate = rate
+    if len(results) >= settings["min_calls"] and rate >= settings["failure_rate"]:
+        breaker.state, breaker.opened_at = BreakerState.OPEN, now
+        breaker.save()
+        _broadcast_breaker(breaker)
+    else:
+        breaker.save(update_fields=["failure_rate", "updated_at"])

@@ -1,0 +1,1 @@
+"""Watching the fleet: rollups, drift, replay and golden runs, charts, exports and /metrics."""

@@ -1,0 +1,121 @@
+"""Writes on agents and their keys: create, enable or disable, issue and revoke keys. Audited,
+and open agents pages refresh (``agents.changed``)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from agents.models import (
+    Agent,
+    AgentKey,
+)
+from agents.policy.services import policy_amend
+from opsconsole import keys
+from opsconsole.audit import audit_record
+from opsconsole.errors import Conflict, Invalid, NotFound
+from opsconsole.live import broadcast, group_for
+
+AGENT_NAME = re.compile(r"[-a-zA-Z0-9_]{1,100}")
+
+
+def _broadcast_agent(name: str) -> None:
+    """Open agents pages refresh their table (after commit; see opsconsole/live.py)."""
+    broadcast([group_for("agents")], "agents.changed", {"name": name})
+
+
+def agent_create(
+    *, name: str, actor: str, description: str = "", tools: list[str] | None = None
+) -> Agent:
+    """Create an agent; ``tools`` (if given) becomes its own allowlist in a new policy version."""
+    if not AGENT_NAME.fullmatch(name or ""):
+        raise Invalid(
+            "An agent name is 1-100 letters, digits, '-' or '_' (e.g. support-bot).",
+            code="invalid_name",
+        )
+    with transaction.atomic():
+        if Agent.objects.filter(name=name).exists():
+            raise Conflict(f"An agent named {name!r} already exists.", code="agent_exists")
+        agent = Agent.objects.create(name=name, description=description)
+        audit_record(
+            actor=actor,
+            action="agent.create",
+            target_type="agent",
+            target_id=name,
+            after={"name": name},
+        )
+        _broadcast_agent(name)
+        if tools:
+
+            def add_allowlist(document: dict[str, Any]) -> bool:
+                document["agents"][name] = {"allow": sorted(set(tools)), "budgets": {}}
+                return True
+
+            policy_amend(
+                change=add_allowlist, author=actor, reason=f"allowlist for new agent {name}"
+            )
+    return agent
+
+
+def agent_key_issue(*, agent: Agent, actor: str, label: str = "") -> tuple[AgentKey, str]:
+    """Returns the key row and the raw key, which is never stored and never shown again."""
+    key = keys.new_key(keys.AGENT_KEY_PREFIX)
+    with transaction.atomic():
+        row = AgentKey.objects.create(
+            agent=agent, label=label, prefix=key.prefix, key_hash=key.key_hash
+        )
+        audit_record(
+            actor=actor,
+            action="agent_key.issue",
+            target_type="agent",
+            target_id=agent.name,
+            after={"key": row.prefix, "label": label},
+        )
+        _broadcast_agent(agent.name)
+    return row, key.raw
+
+
+def agent_key_revoke(*, key_id: int, actor: str) -> AgentKey:
+    with transaction.atomic():
+        row = AgentKey.objects.select_for_update().select_related("agent").filter(pk=key_id).first()
+        if row is None:
+            raise NotFound(f"No key {key_id}.")
+        if row.revoked_at is None:
+            row.revoked_at = timezone.now()
+            row.save(update_fields=["revoked_at"])
+            audit_record(
+                actor=actor,
+                action="agent_key.revoke",
+                target_type="agent",
+                target_id=row.agent.name,
+                before={"key": row.prefix},
+                after={"key": row.prefix, "revoked": True},
+            )
+            _broadcast_agent(row.agent.name)
+    return row
+
+
+def agent_set_enabled(*, agent: Agent, enabled: bool, actor: str, reason: str = "") -> Agent:
+    """Per-agent kill: a disabled agent's runs stop with ``agent_disabled`` at their next call."""
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update().get(pk=agent.pk)
+        if agent.enabled == enabled:
+            return agent
+        before = {"enabled": agent.enabled}
+        agent.enabled = enabled
+        agent.disabled_reason = "" if enabled else reason
+        agent.save(update_fields=["enabled", "disabled_reason"])
+        audit_record(
+            actor=actor,
+            action="agent.enable" if enabled else "agent.disable",
+            target_type="agent",
+            target_id=agent.name,
+            reason=reason,
+            before=before,
+            after={"enabled": enabled},
+        )
+        _broadcast_agent(agent.name)
+    return agent

@@ -1,0 +1,125 @@
+"""Agents pages (admins): the list, one agent, its keys, enable and disable. Thin: check the
+role, validate, call one service."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from agents.models import AgentKey
+from agents.policy import selectors as policy_selectors
+from agents.registry import selectors, services
+from agents.registry.forms import AgentCreateForm, AgentEnableForm, KeyIssueForm
+from opsconsole import roles
+from opsconsole.audit import actor_name
+from opsconsole.decorators import role_required
+from opsconsole.errors import ServiceError
+from opsconsole.pages import error_message, or_404
+
+
+@role_required(roles.ADMIN)
+@require_http_methods(["GET", "POST"])
+def agent_list(request: HttpRequest) -> HttpResponse:
+    form = AgentCreateForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                agent = services.agent_create(
+                    name=form.cleaned_data["name"],
+                    description=form.cleaned_data["description"],
+                    tools=form.cleaned_data["tools"] or None,
+                    actor=actor_name(request.user),
+                )
+            except ServiceError as error:
+                form.add_error(
+                    "name" if error.code == "agent_exists" else None, error_message(error)
+                )
+            else:
+                messages.success(request, f"Agent {agent.name} created. Issue it a key below.")
+                return redirect("agents:detail", name=agent.name)
+        status = 422
+    elif request.htmx:  # the table, refreshed live when an agent or its keys change
+        return render(request, "agents/list.html#table", {"agents": selectors.agent_admin_list()})
+    return render(
+        request,
+        "agents/list.html",
+        {"agents": selectors.agent_admin_list(), "form": form},
+        status=status,
+    )
+
+
+def _agent_page(request: HttpRequest, name: str, **extra) -> HttpResponse:
+    agent = or_404(selectors.agent_get, name=name)
+    status = extra.pop("status", 200)
+    policy = policy_selectors.policy_current()
+    context = {
+        "agent": agent,
+        "keys": agent.keys.order_by("-created_at", "-id"),
+        "key_form": KeyIssueForm(),
+        "enable_form": AgentEnableForm(initial={"enabled": "0" if agent.enabled else "1"}),
+        "policy_rule": policy.document["agents"].get(agent.name),
+        "allowed_tools": policy.allowed_tools(agent.name),
+        **extra,
+    }
+    response = render(request, "agents/detail.html", context, status=status)
+    if "raw_key" in extra:
+        # The key is shown once: never cache the page that holds it.
+        response["Cache-Control"] = "no-store"
+    return response
+
+
+@role_required(roles.ADMIN)
+@require_GET
+def agent_detail(request: HttpRequest, name: str) -> HttpResponse:
+    return _agent_page(request, name)
+
+
+@role_required(roles.ADMIN)
+@require_POST
+def agent_key_issue(request: HttpRequest, name: str) -> HttpResponse:
+    """Answers with the page itself (no redirect), the only time the raw key is ever shown."""
+    agent = or_404(selectors.agent_get, name=name)
+    form = KeyIssueForm(request.POST)
+    if not form.is_valid():
+        return _agent_page(request, name, key_form=form, status=422)
+    key, raw = services.agent_key_issue(
+        agent=agent, actor=actor_name(request.user), label=form.cleaned_data["label"]
+    )
+    return _agent_page(request, name, raw_key=raw, new_key=key)
+
+
+@role_required(roles.ADMIN)
+@require_POST
+def agent_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    key = AgentKey.objects.select_related("agent").filter(pk=key_id).first()
+    if key is None:
+        raise Http404(f"No key {key_id}.")
+    services.agent_key_revoke(key_id=key_id, actor=actor_name(request.user))
+    messages.success(request, f"Key {key.prefix}… revoked; it stops working at once.")
+    return redirect("agents:detail", name=key.agent.name)
+
+
+@role_required(roles.ADMIN)
+@require_POST
+def agent_set_enabled(request: HttpRequest, name: str) -> HttpResponse:
+    agent = or_404(selectors.agent_get, name=name)
+    form = AgentEnableForm(request.POST)
+    if not form.is_valid():
+        return _agent_page(request, name, enable_form=form, status=422)
+    enabled = form.cleaned_data["enabled"]
+    services.agent_set_enabled(
+        agent=agent,
+        enabled=enabled,
+        reason=form.cleaned_data["reason"].strip(),
+        actor=actor_name(request.user),
+    )
+    messages.success(
+        request,
+        f"Agent {name} enabled."
+        if enabled
+        else f"Agent {name} disabled: its runs stop with agent_disabled at their next call.",
+    )
+    return redirect("agents:detail", name=name)

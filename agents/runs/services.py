@@ -1,0 +1,71 @@
+"""The run record: its trace events, its live update and its end.
+
+These are the primitives every writer of a run shares (the gateway's use cases, the approvals
+lifecycle, an operator's cancel). They never touch approvals: whoever stops a run settles its
+pending approval requests too (``approvals.services.approvals_cancel_for_run``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils import timezone
+
+from agents import stop_reasons
+from agents.models import (
+    Agent,
+    EventKind,
+    Run,
+    RunStatus,
+    ToolCall,
+    TraceEvent,
+)
+from opsconsole.errors import NotFound
+from opsconsole.live import broadcast, group_for
+
+
+def run_event_record(
+    run: Run, kind: str, data: dict[str, Any], tool_call: ToolCall | None = None
+) -> TraceEvent:
+    """Append one event to the run's trace."""
+    return TraceEvent.objects.create(
+        run=run, kind=kind, data=data, tool_call=tool_call, at=timezone.now()
+    )
+
+
+def run_broadcast(run: Run) -> None:
+    """Open runs lists and this run's page update (after commit; see opsconsole/live.py)."""
+    broadcast(
+        [group_for("runs"), group_for("run", run.pk)],
+        "run.updated",
+        {
+            "id": run.pk,
+            "agent": run.agent.name,
+            "status": run.status,
+            "stop_reason": run.stop_reason,
+            "usage": run.usage(),
+            "budgets": run.budgets(),
+        },
+    )
+
+
+def run_lock_for_agent(*, agent: Agent, run_id: int) -> Run:
+    """The agent's own run, locked (``SELECT ... FOR UPDATE``) for one decision."""
+    run = Run.objects.select_for_update().filter(pk=run_id, agent=agent).first()
+    if run is None:
+        raise NotFound(f"No run {run_id} for this agent.")
+    run.agent = agent
+    return run
+
+
+def run_stop_locked(run: Run, reason: str, detail: str = "") -> None:
+    """End a locked, active run with one stop reason. A stopped run stays stopped."""
+    assert stop_reasons.is_valid(reason), reason
+    now = timezone.now()
+    run.status = RunStatus.STOPPED
+    run.stop_reason = reason
+    run.ended_at = now
+    run.last_activity_at = now
+    run.save(update_fields=["status", "stop_reason", "ended_at", "last_activity_at"])
+    run_event_record(run, EventKind.STOP, {"stop_reason": reason, "detail": detail})
+    run_broadcast(run)
