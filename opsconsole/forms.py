@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django import forms
 
+from opsconsole.notifications import EVENTS
+
 
 class AuditFilterForm(forms.Form):
     action = forms.CharField(required=False, max_length=64)
@@ -27,7 +29,5 @@ class WebhookEndpointForm(forms.Form):
     )
 
     def __init__(self, *args, **kwargs):
-        from opsconsole.notifications import EVENTS
-
         super().__init__(*args, **kwargs)
         self.fields["events"].choices = [(event, event) for event in EVENTS]

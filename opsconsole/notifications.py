@@ -1,4 +1,4 @@
-"""Outgoing webhooks: one signed notice per event and endpoint, retried with backoff.
+"""Outgoing notices: one webhook delivery per event and interested endpoint (the outbox).
 
 ``notify`` only inserts rows (inside the caller's transaction, so a rolled-back decision sends
 nothing); sending happens later, in a Celery task or the embedded scheduler, so a slow or broken
@@ -7,23 +7,14 @@ receiver never blocks a gateway decision.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
-import logging
-import time
-from datetime import timedelta
 from typing import Any
 
-import httpx
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from opsconsole.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint, WebhookFormat
-
-logger = logging.getLogger("opsconsole.notifications")
+from opsconsole.models import WebhookDelivery, WebhookEndpoint
+from opsconsole.tasks import deliver_webhook
 
 EVENTS = (
     "approval.requested",
@@ -32,8 +23,6 @@ EVENTS = (
     "budget.crossed_80",
     "drift.alert",
 )
-MAX_ATTEMPTS = 8
-CLAIM_SECONDS = 60
 
 
 def notify(*, event: str, key: str, payload: dict[str, Any]) -> list[int]:
@@ -52,8 +41,6 @@ def notify(*, event: str, key: str, payload: dict[str, Any]) -> list[int]:
         if new:
             created.append(delivery.pk)
     if created and not settings.OPSCONSOLE_EMBEDDED_SCHEDULER:
-        from opsconsole.tasks import deliver_webhook
-
         for delivery_id in created:
             transaction.on_commit(
                 lambda delivery_id=delivery_id: deliver_webhook.delay(delivery_id)
@@ -61,195 +48,4 @@ def notify(*, event: str, key: str, payload: dict[str, Any]) -> list[int]:
     return created
 
 
-def summary(event: str, payload: dict[str, Any]) -> str:
-    if event == "approval.requested":
-        return f"Approval needed: {payload.get('agent')} wants {payload.get('tool')} (run {payload.get('run')})"
-    if event == "approval.expiring":
-        return f"Approval about to expire: {payload.get('tool')} for {payload.get('agent')} (request {payload.get('id')})"
-    if event == "kill_switch.changed":
-        return f"Kill switch is now {payload.get('mode')} (set by {payload.get('set_by')}: {payload.get('reason')})"
-    if event == "drift.alert":
-        return f"Drift: {payload.get('metric')} of {payload.get('agent') or 'every agent'} is {payload.get('value')} (baseline {payload.get('baseline_mean')}; rule {payload.get('rule')}) {payload.get('action_taken') or ''}".strip()
-    if event == "budget.crossed_80":
-        return f"Run {payload.get('run')} of {payload.get('agent')} passed 80% of {payload.get('budget')}"
-    return event
-
-
-def body_for(delivery: WebhookDelivery) -> bytes:
-    if delivery.endpoint.format == WebhookFormat.SLACK:
-        body: dict[str, Any] = {"text": summary(delivery.event, delivery.payload)}
-    else:
-        body = {
-            "id": delivery.pk,
-            "event": delivery.event,
-            "key": delivery.event_key,
-            "created_at": delivery.created_at.isoformat(),
-            "data": delivery.payload,
-        }
-    return json.dumps(body, sort_keys=True, default=str).encode()
-
-
-def signature(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
-
-
-def _claim(delivery_id: int) -> bool:
-    """Claim a due delivery (conditional UPDATE): two workers never send the same one at once;
-    a claim left by a killed worker lapses after CLAIM_SECONDS and the delivery is retried."""
-    now = timezone.now()
-    return bool(
-        WebhookDelivery.objects.filter(pk=delivery_id)
-        .filter(
-            Q(status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
-            | Q(status=DeliveryStatus.SENDING, claimed_until__lt=now)
-        )
-        .update(status=DeliveryStatus.SENDING, claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
-    )
-
-
-def webhook_deliver(*, delivery_id: int) -> str:
-    """Try one delivery once. Returns its status afterwards."""
-    if not _claim(delivery_id):
-        return (
-            WebhookDelivery.objects.filter(pk=delivery_id).values_list("status", flat=True).first()
-            or "missing"
-        )
-    delivery = WebhookDelivery.objects.select_related("endpoint").get(pk=delivery_id)
-    body = body_for(delivery)
-    timestamp = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "agent-ops-console-webhooks",
-        "X-Opsconsole-Event": delivery.event,
-        "X-Opsconsole-Delivery": str(delivery.pk),
-        "X-Opsconsole-Signature": signature(delivery.endpoint.secret, timestamp, body),
-    }
-    error = ""
-    try:
-        response = httpx.post(delivery.endpoint.url, content=body, headers=headers, timeout=5.0)
-        if response.status_code >= 300:
-            error = f"HTTP {response.status_code}"
-    except httpx.HTTPError as exc:
-        error = f"{type(exc).__name__}: {exc}"
-    attempts = delivery.attempts + 1
-    now = timezone.now()
-    if not error:
-        update = {"status": DeliveryStatus.DELIVERED, "delivered_at": now, "last_error": ""}
-    elif attempts >= MAX_ATTEMPTS:
-        update = {"status": DeliveryStatus.FAILED, "last_error": error}
-        logger.warning(
-            "webhook %s to %s failed for good: %s", delivery.pk, delivery.endpoint, error
-        )
-    else:
-        backoff = min(settings.OPSCONSOLE_WEBHOOK_BACKOFF_SECONDS * 2 ** (attempts - 1), 600)
-        update = {
-            "status": DeliveryStatus.PENDING,
-            "last_error": error,
-            "next_attempt_at": now + timedelta(seconds=backoff),
-        }
-    WebhookDelivery.objects.filter(pk=delivery.pk, status=DeliveryStatus.SENDING).update(
-        attempts=attempts, claimed_until=None, **update
-    )
-    return update["status"]
-
-
-def webhooks_deliver_due(*, limit: int = 100) -> int:
-    """Send every due delivery (and retry lapsed claims); returns how many were attempted."""
-    now = timezone.now()
-    due = WebhookDelivery.objects.filter(
-        Q(status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
-        | Q(status=DeliveryStatus.SENDING, claimed_until__lt=now)
-    ).order_by("next_attempt_at")
-    ids = list(due.values_list("pk", flat=True)[:limit])
-    for delivery_id in ids:
-        webhook_deliver(delivery_id=delivery_id)
-    return len(ids)
-
-
 # --- endpoints, as admins manage them from the console ------------------------------------------
-
-
-def webhook_endpoint_create(
-    *, name: str, url: str, secret: str, format: str, events: list[str], actor: str
-) -> WebhookEndpoint:
-    from opsconsole.audit import audit_record
-    from opsconsole.errors import Conflict, Invalid
-
-    unknown = sorted(set(events) - set(EVENTS))
-    if unknown:
-        raise Invalid(f"unknown events: {', '.join(unknown)}", code="invalid_events")
-    if format not in WebhookFormat.values:
-        raise Invalid(
-            f"format must be one of {', '.join(WebhookFormat.values)}", code="invalid_format"
-        )
-    with transaction.atomic():
-        if WebhookEndpoint.objects.filter(name=name).exists():
-            raise Conflict(f"An endpoint named {name!r} already exists.", code="endpoint_exists")
-        endpoint = WebhookEndpoint.objects.create(
-            name=name, url=url, secret=secret, format=format, events=sorted(events)
-        )
-        audit_record(
-            actor=actor,
-            action="webhook.create",
-            target_type="webhook",
-            target_id=name,
-            after={"url": url, "format": format, "events": endpoint.events},
-        )
-    return endpoint
-
-
-def webhook_endpoint_set_enabled(*, endpoint_id: int, enabled: bool, actor: str) -> WebhookEndpoint:
-    from opsconsole.audit import audit_record
-    from opsconsole.errors import NotFound
-
-    with transaction.atomic():
-        endpoint = WebhookEndpoint.objects.select_for_update().filter(pk=endpoint_id).first()
-        if endpoint is None:
-            raise NotFound(f"No webhook endpoint {endpoint_id}.")
-        if endpoint.enabled != enabled:
-            endpoint.enabled = enabled
-            endpoint.save(update_fields=["enabled"])
-            audit_record(
-                actor=actor,
-                action="webhook.enable" if enabled else "webhook.disable",
-                target_type="webhook",
-                target_id=endpoint.name,
-                before={"enabled": not enabled},
-                after={"enabled": enabled},
-            )
-    return endpoint
-
-
-def webhook_delivery_retry(*, delivery_id: int, actor: str) -> bool:
-    """Send a failed delivery again (same id, so receivers still deduplicate)."""
-    from opsconsole.audit import audit_record
-
-    with transaction.atomic():
-        retried = WebhookDelivery.objects.filter(
-            pk=delivery_id, status=DeliveryStatus.FAILED
-        ).update(status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=timezone.now())
-        if retried:
-            audit_record(
-                actor=actor,
-                action="webhook.retry",
-                target_type="webhook_delivery",
-                target_id=delivery_id,
-                before={"status": "failed"},
-                after={"status": "pending"},
-            )
-    return bool(retried)
-
-
-def webhook_overview(*, limit: int = 100) -> dict[str, Any]:
-    """The webhooks page: endpoints, the latest deliveries, and failure counts."""
-    from django.db.models import Count
-
-    endpoints = list(
-        WebhookEndpoint.objects.annotate(
-            failed=Count("deliveries", filter=Q(deliveries__status=DeliveryStatus.FAILED)),
-            pending=Count("deliveries", filter=Q(deliveries__status=DeliveryStatus.PENDING)),
-        ).order_by("name")
-    )
-    deliveries = list(WebhookDelivery.objects.select_related("endpoint").order_by("-id")[:limit])
-    return {"endpoints": endpoints, "deliveries": deliveries}

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from opsconsole.models import AuditEntry
+from typing import Any
+
+from django.db.models import Count, Q
+
+from opsconsole.models import (
+    AuditEntry,
+    DeliveryStatus,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from opsconsole.pagination import keyset_page
 
 
@@ -28,3 +37,15 @@ def audit_page(
     if before is not None:
         entries = entries.filter(id__lt=before)
     return keyset_page(entries, limit=limit, cursor_of=lambda entry: entry.pk)
+
+
+def webhook_overview(*, limit: int = 100) -> dict[str, Any]:
+    """The webhooks page: endpoints, the latest deliveries, and failure counts."""
+    endpoints = list(
+        WebhookEndpoint.objects.annotate(
+            failed=Count("deliveries", filter=Q(deliveries__status=DeliveryStatus.FAILED)),
+            pending=Count("deliveries", filter=Q(deliveries__status=DeliveryStatus.PENDING)),
+        ).order_by("name")
+    )
+    deliveries = list(WebhookDelivery.objects.select_related("endpoint").order_by("-id")[:limit])
+    return {"endpoints": endpoints, "deliveries": deliveries}

@@ -1,4 +1,4 @@
-"""The kill switch, people and their API tokens."""
+"""People, their API tokens, and webhook endpoints as admins manage them."""
 
 from __future__ import annotations
 
@@ -16,7 +16,14 @@ from django.utils import timezone
 from opsconsole import keys, roles
 from opsconsole.audit import audit_record
 from opsconsole.errors import Conflict, Invalid, NotFound
-from opsconsole.models import UserToken
+from opsconsole.models import (
+    DeliveryStatus,
+    UserToken,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookFormat,
+)
+from opsconsole.notifications import EVENTS
 
 
 def user_token_issue(*, user, actor: str, label: str = "") -> tuple[UserToken, str]:
@@ -110,3 +117,69 @@ def user_create(
     return Credentials(
         user=user, password=password, token=raw_token, created=not reset, tokens_revoked=revoked
     )
+
+
+def webhook_endpoint_create(
+    *, name: str, url: str, secret: str, format: str, events: list[str], actor: str
+) -> WebhookEndpoint:
+
+    unknown = sorted(set(events) - set(EVENTS))
+    if unknown:
+        raise Invalid(f"unknown events: {', '.join(unknown)}", code="invalid_events")
+    if format not in WebhookFormat.values:
+        raise Invalid(
+            f"format must be one of {', '.join(WebhookFormat.values)}", code="invalid_format"
+        )
+    with transaction.atomic():
+        if WebhookEndpoint.objects.filter(name=name).exists():
+            raise Conflict(f"An endpoint named {name!r} already exists.", code="endpoint_exists")
+        endpoint = WebhookEndpoint.objects.create(
+            name=name, url=url, secret=secret, format=format, events=sorted(events)
+        )
+        audit_record(
+            actor=actor,
+            action="webhook.create",
+            target_type="webhook",
+            target_id=name,
+            after={"url": url, "format": format, "events": endpoint.events},
+        )
+    return endpoint
+
+
+def webhook_endpoint_set_enabled(*, endpoint_id: int, enabled: bool, actor: str) -> WebhookEndpoint:
+
+    with transaction.atomic():
+        endpoint = WebhookEndpoint.objects.select_for_update().filter(pk=endpoint_id).first()
+        if endpoint is None:
+            raise NotFound(f"No webhook endpoint {endpoint_id}.")
+        if endpoint.enabled != enabled:
+            endpoint.enabled = enabled
+            endpoint.save(update_fields=["enabled"])
+            audit_record(
+                actor=actor,
+                action="webhook.enable" if enabled else "webhook.disable",
+                target_type="webhook",
+                target_id=endpoint.name,
+                before={"enabled": not enabled},
+                after={"enabled": enabled},
+            )
+    return endpoint
+
+
+def webhook_delivery_retry(*, delivery_id: int, actor: str) -> bool:
+    """Send a failed delivery again (same id, so receivers still deduplicate)."""
+
+    with transaction.atomic():
+        retried = WebhookDelivery.objects.filter(
+            pk=delivery_id, status=DeliveryStatus.FAILED
+        ).update(status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=timezone.now())
+        if retried:
+            audit_record(
+                actor=actor,
+                action="webhook.retry",
+                target_type="webhook_delivery",
+                target_id=delivery_id,
+                before={"status": "failed"},
+                after={"status": "pending"},
+            )
+    return bool(retried)

@@ -1,10 +1,10 @@
-"""Background work on notifications. Thin: each task calls one service with an ID."""
+"""Background work on webhooks. Thin: each task calls one service with an ID."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from opsconsole import notifications
+from opsconsole import webhooks
 from opsconsole.health import sweep
 
 _common = {"acks_late": True, "soft_time_limit": 50, "time_limit": 60}
@@ -14,10 +14,10 @@ _common = {"acks_late": True, "soft_time_limit": 50, "time_limit": 60}
 def deliver_webhook(delivery_id: int) -> str:
     # Retries are scheduled in the delivery row (next_attempt_at) and picked up by
     # webhooks.deliver_due, so a lost message or a killed worker loses nothing.
-    return notifications.webhook_deliver(delivery_id=delivery_id)
+    return webhooks.webhook_deliver(delivery_id=delivery_id)
 
 
 @shared_task(name="webhooks.deliver_due", **_common)
 @sweep("webhooks.deliver_due")
 def deliver_due_webhooks() -> int:
-    return notifications.webhooks_deliver_due()
+    return webhooks.webhooks_deliver_due()

@@ -6,14 +6,14 @@ from django.contrib import messages
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_GET, require_http_methods
 
-from opsconsole import notifications, roles
+from opsconsole import health, roles, selectors, services
 from opsconsole.audit import actor_name
 from opsconsole.decorators import role_required
 from opsconsole.errors import ServiceError
 from opsconsole.forms import AuditFilterForm, WebhookEndpointForm
-from opsconsole.selectors import audit_page
 
 AUDIT_PAGE_SIZE = 50
 
@@ -25,7 +25,7 @@ def audit(request: HttpRequest) -> HttpResponse:
     filters: dict = {}
     if form.is_valid():
         filters = {key: value for key, value in form.cleaned_data.items() if value}
-    entries, next_before = audit_page(**filters, limit=AUDIT_PAGE_SIZE)
+    entries, next_before = selectors.audit_page(**filters, limit=AUDIT_PAGE_SIZE)
     next_query = request.GET.copy()
     if next_before:
         next_query["before"] = next_before
@@ -65,19 +65,19 @@ def webhooks(request: HttpRequest) -> HttpResponse:
             if action == "create":
                 form = WebhookEndpointForm(request.POST)
                 if form.is_valid():
-                    notifications.webhook_endpoint_create(actor=actor, **form.cleaned_data)
+                    services.webhook_endpoint_create(actor=actor, **form.cleaned_data)
                     messages.success(request, f"Endpoint {form.cleaned_data['name']} added.")
                     return redirect("webhooks")
                 status = 422
             elif action in {"enable", "disable"}:
-                notifications.webhook_endpoint_set_enabled(
+                services.webhook_endpoint_set_enabled(
                     endpoint_id=_int(request.POST.get("endpoint")),
                     enabled=action == "enable",
                     actor=actor,
                 )
                 return redirect("webhooks")
             elif action == "retry":
-                if not notifications.webhook_delivery_retry(
+                if not services.webhook_delivery_retry(
                     delivery_id=_int(request.POST.get("delivery")), actor=actor
                 ):
                     messages.error(request, "Only a failed delivery can be retried.")
@@ -88,7 +88,7 @@ def webhooks(request: HttpRequest) -> HttpResponse:
         except ServiceError as error:
             form.add_error(None, str(error.detail))
             status = error.status
-    context = {"form": form, **notifications.webhook_overview()}
+    context = {"form": form, **selectors.webhook_overview()}
     return render(request, "webhooks.html", context, status=status)
 
 
@@ -107,9 +107,6 @@ def console_status(request: HttpRequest) -> JsonResponse:
     Fetched by the page, so rendering a page pays nothing for it. Answers 200 whatever is down
     (the probe of the channel layer is bounded and reports failure instead of raising).
     """
-    from django.utils.cache import add_never_cache_headers
-
-    from opsconsole import health
 
     response = JsonResponse(health.console_status())
     add_never_cache_headers(response)

@@ -20,7 +20,8 @@ from approvals.models import ApprovalRequest
 from approvals.services import approval_expire, approvals_expire_due, approvals_notify_expiring
 from approvals.tasks import expire_approvals
 from opsconsole.models import AuditEntry, WebhookDelivery, WebhookEndpoint
-from opsconsole.notifications import notify, signature, webhooks_deliver_due
+from opsconsole.notifications import notify
+from opsconsole.webhooks import signature, webhooks_deliver_due
 
 pytestmark = pytest.mark.django_db
 

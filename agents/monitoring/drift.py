@@ -22,6 +22,8 @@ from agents.models import (
     DriftRule,
     MetricRollup,
 )
+from agents.policy.services import policy_amend
+from agents.registry.services import agent_set_enabled
 from opsconsole.audit import audit_record
 from opsconsole.errors import Conflict, Invalid, NotFound
 from opsconsole.notifications import notify
@@ -203,8 +205,6 @@ def _act(rule: DriftRule, alert: DriftAlert) -> str:
     ``rule:<name>``, so the audit log shows who (which rule) did it and why."""
     if rule.action == DriftAction.NONE or rule.agent is None:
         return ""
-    from agents.policy.services import policy_amend
-    from agents.registry.services import agent_set_enabled
 
     reason = (
         f"drift alert {alert.pk}: {rule.get_metric_display()} is {alert.value:.4g} "

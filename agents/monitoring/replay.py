@@ -28,6 +28,7 @@ from django.db import transaction
 from django.db.models import Prefetch
 
 from agents import stop_reasons
+from agents.gateway.budgets import effective_budgets
 from agents.gateway.decisions import (
     output_errors,
     result_stop_reason,
@@ -44,7 +45,8 @@ from agents.models import (
     ToolCall,
     TraceEvent,
 )
-from agents.policy.document import BUDGET_NAMES, Policy, canonical_hash, normalise
+from agents.policy.document import BUDGET_NAMES, Policy, PolicyError, canonical_hash, normalise
+from agents.policy.selectors import policy_current
 from opsconsole.audit import audit_record
 from opsconsole.errors import Conflict, Invalid, NotFound
 
@@ -235,12 +237,6 @@ def _consequences(events: list[dict[str, Any]]) -> set[int]:
     return caused
 
 
-def effective_budgets(requested: dict[str, Any], ceilings: dict[str, Any]) -> dict[str, Any]:
-    from agents.gateway.budgets import effective_budgets as effective
-
-    return effective(requested or {}, ceilings)
-
-
 def replay(recording: dict[str, Any], policy: Policy) -> ReplayResult:
     """Re-decide a recording against ``policy`` (see the module docstring). Calls no tool."""
     agent = recording["agent"]
@@ -414,7 +410,6 @@ def _kill_mode(recorded_stop_reason: str) -> str:
 
 def draft_policy(document: dict[str, Any]) -> Policy:
     """A policy document that is not published (version None). Raises Invalid."""
-    from agents.policy.document import PolicyError
 
     try:
         return Policy(None, normalise(document))  # type: ignore[arg-type]
@@ -430,7 +425,6 @@ def _with_trace(runs):
 
 def replay_run(run: Run, policy: Policy | None = None) -> ReplayResult:
     """Replay one recorded run against ``policy`` (default: the policy in force)."""
-    from agents.policy.selectors import policy_current
 
     run = _with_trace(Run.objects.filter(pk=run.pk)).get()
     return replay(recording_of(run), policy or policy_current())

@@ -11,6 +11,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from agents.gateway.tasks import kill_switch_sweep
 from agents.models import (
     KillSwitch,
     KillSwitchMode,
@@ -159,7 +160,5 @@ def kill_switch_set(*, mode: str, reason: str, actor: str) -> KillSwitch:
             payload={"mode": mode, "reason": reason, "set_by": actor, "previous": before["mode"]},
         )
         if mode == KillSwitchMode.STOP_ALL:
-            from agents.gateway.tasks import kill_switch_sweep
-
             transaction.on_commit(kill_switch_sweep.delay)
     return switch
