@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeGuard, TypeVar
 
 import httpx
 
@@ -261,7 +261,7 @@ class Run:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> bool:
+    ) -> Literal[False]:
         if self.ended:
             return False
         if exc is None:
@@ -529,7 +529,7 @@ def _required_reason(answer: dict[str, Any], what: str) -> str:
     return reason
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -39,8 +39,8 @@ class ApprovalListView(APIView):
             )
         try:
             limit = int(request.query_params.get("limit", 50))
-            after = request.query_params.get("after")
-            after = int(after) if after not in (None, "") else None
+            after_param = request.query_params.get("after")
+            after = int(after_param) if after_param else None
         except ValueError:
             raise exceptions.ValidationError("limit and after must be integers.") from None
         if not 1 <= limit <= PAGE_SIZE_MAX:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 
 from approvals.models import ApprovalStatus, Verdict
@@ -15,8 +17,9 @@ class DecisionForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 2, "placeholder": "comment (required to reject)"}),
     )
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         data["comment"] = (data.get("comment") or "").strip()
         if data.get("verdict") == Verdict.REJECT and not data["comment"]:
             self.add_error("comment", "A comment is required to reject.")

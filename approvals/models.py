@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+if TYPE_CHECKING:
+    from agents.models import TraceEvent
 
 
 class ApprovalStatus(models.TextChoices):
@@ -33,6 +38,11 @@ class ApprovalRequest(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
     decided_at = models.DateTimeField(null=True, blank=True)
+
+    # Not stored: set for the queue's cards by approvals.selectors (the run's latest trace
+    # events) and approvals.views (whether the reviewer looking already approved it).
+    context_events: list[TraceEvent]
+    decided_by_me: bool
 
     class Meta:
         ordering = ["created_at", "id"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 
 from django.db.models import Count, Min, Prefetch, QuerySet
@@ -55,23 +56,25 @@ def approval_queue(*, newer_than: int | None = None, limit: int = 50) -> list[Ap
         requests = requests.filter(id__gt=newer_than)
     rows = list(requests.order_by("created_at", "id")[:limit])
     for request in rows:
-        request.context_events = [
-            event
-            for event in reversed(request.run.recent_events)
-            if event.tool_call_id != request.tool_call_id
-        ][-CONTEXT_EVENTS:]
+        _set_context_events(request)
     return rows
 
 
 def approval_card(*, request_id: int) -> ApprovalRequest | None:
     request = _queue_queryset().filter(pk=request_id).first()
     if request is not None:
-        request.context_events = [
-            event
-            for event in reversed(request.run.recent_events)
-            if event.tool_call_id != request.tool_call_id
-        ][-CONTEXT_EVENTS:]
+        _set_context_events(request)
     return request
+
+
+def _set_context_events(request: ApprovalRequest) -> None:
+    """The run's latest trace events, oldest first, other than the request's own tool call."""
+    # Set on the run by the sliced prefetch in _queue_queryset; the stubs cannot follow a
+    # Prefetch's to_attr through a relation.
+    recent_events: list[TraceEvent] = request.run.recent_events  # type: ignore[attr-defined]
+    request.context_events = [
+        event for event in reversed(recent_events) if event.tool_call_id != request.tool_call_id
+    ][-CONTEXT_EVENTS:]
 
 
 def approval_pending_count() -> int:
@@ -83,6 +86,21 @@ def approval_pending_summary() -> tuple[int, datetime | None]:
     """The queue's size and when its oldest request was made, in one read."""
     stats = _pending().aggregate(n=Count("id"), oldest=Min("created_at"))
     return stats["n"], stats["oldest"]
+
+
+def approval_waits(
+    *, runs_ended_from: datetime, runs_ended_before: datetime
+) -> Iterator[tuple[int, float]]:
+    """(run id, seconds from request to decision) of the decided requests of runs that ended in
+    the period (a cancelled request was never decided by a person, so it is left out)."""
+    waits = ApprovalRequest.objects.filter(
+        run__ended_at__gte=runs_ended_from,
+        run__ended_at__lt=runs_ended_before,
+        decided_at__isnull=False,
+    ).exclude(status=ApprovalStatus.CANCELLED)
+    for run_id, created, decided in waits.values_list("run_id", "created_at", "decided_at"):
+        assert decided is not None  # the filter above leaves out undecided requests
+        yield run_id, (decided - created).total_seconds()
 
 
 def _pending() -> QuerySet[ApprovalRequest]:

@@ -264,7 +264,6 @@ def approvals_cancel_for_run(*, run: Run, reason: str) -> None:
 
 def approvals_notify_expiring() -> int:
     """One notice per pending request that expires within the warning window."""
-    from approvals.models import ApprovalRequest, ApprovalStatus
 
     if not WebhookEndpoint.objects.filter(enabled=True).exists():
         return 0

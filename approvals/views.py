@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.middleware import HtmxDetails
 
 from approvals import selectors, services
 from approvals.forms import DecisionForm, HistoryFilterForm
-from approvals.models import ApprovalStatus
+from approvals.models import ApprovalRequest, ApprovalStatus
 from opsconsole import roles
 from opsconsole.decorators import role_required
 from opsconsole.errors import NotFound, ServiceError
@@ -27,7 +31,15 @@ REFUSALS = {
 }
 
 
-def _card_context(request: HttpRequest, approval, form: DecisionForm | None = None) -> dict:
+class HtmxHttpRequest(HttpRequest):
+    """A request as django-htmx's middleware leaves it, for the type checker."""
+
+    htmx: HtmxDetails
+
+
+def _card_context(
+    request: HttpRequest, approval: ApprovalRequest, form: DecisionForm | None = None
+) -> dict[str, Any]:
     _mark_mine(request, [approval])
     return {
         "approval": approval,
@@ -36,7 +48,7 @@ def _card_context(request: HttpRequest, approval, form: DecisionForm | None = No
     }
 
 
-def _mark_mine(request: HttpRequest, approvals) -> None:
+def _mark_mine(request: HttpRequest, approvals: Iterable[ApprovalRequest]) -> None:
     """Flag the requests this reviewer already approved (they wait for a different reviewer)."""
     for approval in approvals:
         approval.decided_by_me = any(
@@ -46,9 +58,9 @@ def _mark_mine(request: HttpRequest, approvals) -> None:
 
 @role_required(roles.ONCALL)
 @require_GET
-def queue(request: HttpRequest) -> HttpResponse:
-    newer_than = request.GET.get("newer_than")
-    newer_than = int(newer_than) if newer_than and newer_than.isdigit() else None
+def queue(request: HtmxHttpRequest) -> HttpResponse:
+    newer_than_param = request.GET.get("newer_than")
+    newer_than = int(newer_than_param) if newer_than_param and newer_than_param.isdigit() else None
     approvals = selectors.approval_queue(newer_than=newer_than, limit=QUEUE_SIZE)
     _mark_mine(request, approvals)
     context = {
@@ -73,7 +85,7 @@ def badge(request: HttpRequest) -> HttpResponse:
 
 @role_required(roles.ONCALL)
 @require_GET
-def card(request: HttpRequest, request_id: int) -> HttpResponse:
+def card(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
     """One card (htmx refreshes a card when a first reviewer has approved it elsewhere)."""
     approval = selectors.approval_card(request_id=request_id)
     if approval is None:
@@ -87,7 +99,7 @@ def card(request: HttpRequest, request_id: int) -> HttpResponse:
 
 @role_required(roles.REVIEWER)
 @require_POST
-def decide(request: HttpRequest, request_id: int) -> HttpResponse:
+def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
     """Approve or reject. htmx swaps the card in place; a plain POST redirects to the queue.
 
     Refusals (same reviewer twice, decided elsewhere, expired, no comment to reject) come back
@@ -123,8 +135,9 @@ def decide(request: HttpRequest, request_id: int) -> HttpResponse:
     return render(request, "approvals/card_page.html", context, status=status)
 
 
-def _decided(request: HttpRequest, request_id: int) -> HttpResponse:
+def _decided(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
     approval = selectors.approval_card(request_id=request_id)
+    assert approval is not None  # it was decided a moment ago in this request
     if approval.status == ApprovalStatus.PENDING:
         note = (
             f"Approved by you; {approval.reviewers_required} distinct reviewers are needed, "

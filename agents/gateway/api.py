@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any, cast
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -15,6 +16,7 @@ from rest_framework import exceptions, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
 from agents.gateway import selectors, services
@@ -30,7 +32,7 @@ from agents.gateway.serializers import (
     ToolResultSerializer,
     tool_call_payload,
 )
-from agents.models import Decision, Run
+from agents.models import Agent, Decision, Run
 from approvals.services import approval_expire_if_due
 from opsconsole import roles
 from opsconsole.api_errors import UNAVAILABLE, error_response
@@ -42,12 +44,21 @@ from opsconsole.limits import RunCreateRateThrottle, ToolCallRateThrottle, check
 logger = logging.getLogger("opsconsole.api")
 
 
-def _valid(serializer_class, request: Request) -> dict:
+def _valid(serializer_class: type[Serializer], request: Request) -> dict[str, Any]:
     if not isinstance(request.data, dict):
         raise exceptions.ParseError("The body must be a JSON object.")
     serializer = serializer_class(data=request.data)
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data
+
+
+def _agent(request: Request) -> Agent:
+    """The calling agent, once ``IsAgent`` or ``is_agent`` has established that it is one.
+
+    Bearer authentication makes the agent's own row the request's user; the stubs can only
+    type ``request.user`` as a person.
+    """
+    return cast(Agent, request.user)
 
 
 class RunCreateView(APIView):
@@ -63,7 +74,7 @@ class RunCreateView(APIView):
     def post(self, request: Request) -> Response:
         data = _valid(RunCreateSerializer, request)
         run, created = services.run_start(
-            agent=request.user,
+            agent=_agent(request),
             task=data["task"],
             agent_version=data.get("agent_version", ""),
             budgets={k: v for k, v in data.get("budgets", {}).items() if v is not None},
@@ -83,8 +94,9 @@ class RunDetailView(APIView):
 
     @extend_schema(responses=RunSerializer, operation_id="run_get", tags=["agent"])
     def get(self, request: Request, run_id: int) -> Response:
+        run: Run | None
         if is_agent(request.user):
-            run = selectors.run_get_for_agent(agent=request.user, run_id=run_id)
+            run = selectors.run_get_for_agent(agent=_agent(request), run_id=run_id)
         elif roles.has_role(request.user, roles.ONCALL):
             run = Run.objects.select_related("agent").filter(pk=run_id).first()
             if run is None:
@@ -105,7 +117,7 @@ class StepCreateView(APIView):
     )
     def post(self, request: Request, run_id: int) -> Response:
         data = _valid(StepCreateSerializer, request)
-        outcome = services.step_record(agent=request.user, run_id=run_id, **data)
+        outcome = services.step_record(agent=_agent(request), run_id=run_id, **data)
         return Response(
             StepOutcomeSerializer(
                 {
@@ -131,7 +143,7 @@ class ToolCallCreateView(APIView):
         data = _valid(ToolCallCreateSerializer, request)
         check_args_size(data.get("args"))
         tool_call = services.tool_call_decide(
-            agent=request.user,
+            agent=_agent(request),
             run_id=run_id,
             tool=data["tool"],
             args=data.get("args") or {},
@@ -151,7 +163,9 @@ class ToolResultView(APIView):
     )
     def post(self, request: Request, tool_call_id: int) -> Response:
         data = _valid(ToolResultSerializer, request)
-        outcome = services.tool_call_report(agent=request.user, tool_call_id=tool_call_id, **data)
+        outcome = services.tool_call_report(
+            agent=_agent(request), tool_call_id=tool_call_id, **data
+        )
         return Response(
             ResultOutcomeSerializer(
                 {
@@ -175,7 +189,7 @@ class RunFinishView(APIView):
     )
     def post(self, request: Request, run_id: int) -> Response:
         data = _valid(RunFinishSerializer, request)
-        run = services.run_finish(agent=request.user, run_id=run_id, **data)
+        run = services.run_finish(agent=_agent(request), run_id=run_id, **data)
         return Response(RunSerializer(run).data)
 
 
@@ -201,7 +215,7 @@ class RunCancelView(APIView):
 POLL_INTERVAL_SECONDS = 0.25
 
 
-def _poll_tool_call(agent, tool_call_id: int) -> tuple[dict, bool]:
+def _poll_tool_call(agent: Agent, tool_call_id: int) -> tuple[dict[str, Any], bool]:
     tool_call = selectors.tool_call_get_for_agent(agent=agent, tool_call_id=tool_call_id)
     request = getattr(tool_call, "approval", None)
     if (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
 
 from rest_framework import serializers
 
@@ -14,7 +15,7 @@ TOOL_NAME = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$"
 class UsdField(serializers.DecimalField):
     """US dollars, rounded to micro-dollars: a float such as 0.1 + 0.2 is fine, not a 400."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(
             max_digits=12, decimal_places=6, min_value=0, coerce_to_string=False, **kwargs
         )
@@ -52,7 +53,7 @@ class BudgetsSerializer(serializers.Serializer):
         min_value=0, max_value=_BIGINT_MAX, required=False, allow_null=True
     )
 
-    def to_internal_value(self, data):
+    def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict):
             unknown = set(data) - set(self.fields)
             if unknown:
@@ -171,11 +172,13 @@ class StepOutcomeSerializer(serializers.Serializer):
 class ResultOutcomeSerializer(serializers.Serializer):
     valid = serializers.BooleanField()
     stop_reason = serializers.CharField(allow_null=True)
-    errors = serializers.ListField(child=serializers.CharField())
+    # DRF's metaclass takes declared fields off the class, so this does not replace
+    # Serializer.errors at run time; the stubs see only the clash.
+    errors = serializers.ListField(child=serializers.CharField())  # type: ignore[assignment]
     run = RunSerializer()
 
 
-def tool_call_payload(tool_call: ToolCall) -> dict:
+def tool_call_payload(tool_call: ToolCall) -> dict[str, Any]:
     approval = None
     request = getattr(tool_call, "approval", None) if tool_call.pk else None
     if request is not None:

@@ -544,6 +544,7 @@ def runs_reap_silent(*, grace_seconds: int) -> int:
     ).values_list("pk", "started_at", "max_seconds")
     stopped = 0
     for run_id, started_at, max_seconds in candidates:
+        assert max_seconds is not None  # the query above leaves out runs without one
         if now - started_at > timedelta(seconds=max_seconds + grace_seconds) and run_stop(
             run_id=run_id,
             reason=stop_reasons.MAX_SECONDS,

@@ -38,7 +38,7 @@ from agents.models import (
     TraceEvent,
 )
 from agents.monitoring.drift import drift_evaluate
-from approvals.models import ApprovalRequest, ApprovalStatus
+from approvals.selectors import approval_waits
 
 SIZES = {BucketSize.HOUR: timedelta(hours=1), BucketSize.DAY: timedelta(days=1)}
 
@@ -113,12 +113,9 @@ def rollup_bucket(*, size: str, start: datetime) -> int:
         for key in run_keys.get(run_id, ()):
             samples[key].tokens.append(int(tokens_in or 0) + int(tokens_out or 0))
 
-    waits = ApprovalRequest.objects.filter(
-        run__ended_at__gte=start, run__ended_at__lt=end, decided_at__isnull=False
-    ).exclude(status=ApprovalStatus.CANCELLED)
-    for run_id, created, decided in waits.values_list("run_id", "created_at", "decided_at"):
+    for run_id, wait_seconds in approval_waits(runs_ended_from=start, runs_ended_before=end):
         for key in run_keys.get(run_id, ()):
-            samples[key].waits.append((decided - created).total_seconds())
+            samples[key].waits.append(wait_seconds)
 
     results = ToolCall.objects.filter(
         run__ended_at__gte=start, run__ended_at__lt=end, latency_ms__isnull=False
