@@ -40,11 +40,20 @@ from functools import lru_cache
 from typing import Any
 
 import jsonschema
+import jsonschema_rs
 import yaml
 
 BUDGET_NAMES = ("max_steps", "max_seconds", "max_tool_calls", "max_usd", "max_tokens")
 READ_SUFFIXES = (".read", ".get", ".list", ".search")
 KILL_SWITCH_MODES = ("off", "disable_writes", "disable_expensive", "stop_all")
+
+# A policy is written by people and read on every decision: it may not make the server fetch,
+# recurse or backtrack without bound (docs/reliability.md, "policy input").
+MAX_DOCUMENT_DEPTH = 64  # nesting of mappings and lists, in the YAML and in any schema
+MAX_DOCUMENT_NODES = 100_000  # values after YAML aliases are expanded
+MAX_DOCUMENT_BYTES = 256 * 1024  # of YAML: parsing costs about 2.5 us a character
+MAX_TOOL_NAME = 128  # the MCP convention: 1-128 characters of [A-Za-z0-9_.-]
+
 
 DEFAULT_BREAKER = {
     "window": 20,
@@ -80,7 +89,7 @@ _breaker_schema = {
 _tool_name = {
     "type": "string",
     "pattern": r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$",
-    "maxLength": 200,
+    "maxLength": MAX_TOOL_NAME,
 }
 
 POLICY_SCHEMA: dict[str, Any] = {
@@ -176,10 +185,17 @@ class PolicyError(ValueError):
 
 
 def parse_yaml(text: str) -> dict[str, Any]:
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise PolicyError([f"the policy is longer than {MAX_DOCUMENT_BYTES // 1024} KB"])
+    loader = _BoundedLoader(text)
     try:
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        _check_expansion(node)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         raise PolicyError([f"not valid YAML: {exc}"]) from None
+    finally:
+        loader.dispose()
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -188,6 +204,68 @@ def parse_yaml(text: str) -> dict[str, Any]:
     if problems:
         raise PolicyError(problems)
     return data
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing nesting past MAX_DOCUMENT_DEPTH as it composes (before Python's
+    recursion limit: 50,000 "[" would otherwise be a RecursionError)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DOCUMENT_DEPTH:
+                raise PolicyError([f"nested deeper than {MAX_DOCUMENT_DEPTH} levels"])
+            return super().compose_node(parent, index)  # type: ignore[misc]
+        finally:
+            self._depth -= 1
+
+
+def _check_expansion(root: yaml.Node | None) -> None:
+    """Refuse a document whose aliases expand past MAX_DOCUMENT_NODES values (a "billion
+    laughs" of a few hundred bytes), refer to themselves, or nest past MAX_DOCUMENT_DEPTH.
+
+    Sizes are counted on the composed node graph, where an alias is the same node object again,
+    so the count costs one visit per distinct node however large the expansion would be.
+    """
+    if root is None:
+        return
+    sizes: dict[int, int] = {}
+    # Iterative post-order walk: (node, depth, children done?).
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, depth, done = stack.pop()
+        if depth > MAX_DOCUMENT_DEPTH:
+            raise PolicyError([f"nested deeper than {MAX_DOCUMENT_DEPTH} levels"])
+        children = _children(node)
+        if done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > MAX_DOCUMENT_NODES:
+                raise PolicyError(
+                    [
+                        f"the document expands to more than {MAX_DOCUMENT_NODES:,} values "
+                        "(YAML aliases); write the repeated parts out"
+                    ]
+                )
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_nodes:
+            raise PolicyError(["a YAML alias refers to the value that contains it"])
+        open_nodes.add(id(node))
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in children if id(child) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def _non_json_values(value: Any, path: str) -> list[str]:
@@ -237,12 +315,10 @@ def normalise(raw: dict[str, Any]) -> dict[str, Any]:
         for key in ("args_schema", "output_schema"):
             schema = definition.get(key)
             if schema:
-                try:
-                    jsonschema.Draft202012Validator.check_schema(schema)
-                except jsonschema.SchemaError as exc:
-                    errors.append(
-                        f"tools/definitions/{name}/{key}: not a valid JSON Schema: {exc.message}"
-                    )
+                errors.extend(
+                    f"tools/definitions/{name}/{key}: {problem}"
+                    for problem in schema_problems(schema)
+                )
         definitions[name] = {
             "description": definition.get("description", ""),
             "effect": definition.get("effect", default_effect(name)),
@@ -402,19 +478,97 @@ class Policy:
         return self.document["kill_switch"]["mode_when_enabled"]
 
 
+# --- tool schemas -------------------------------------------------------------------------------
+# Arguments and outputs are validated by jsonschema-rs: offline (a "$ref" resolves only inside the
+# schema; nothing is fetched from the network or the disk) and with the linear-time regex engine,
+# so no "pattern" can make a decision backtrack for seconds (python-jsonschema uses ``re``: one
+# pattern against 27 characters took 3.4 s). The policy's own format (POLICY_SCHEMA, ours) stays
+# on python-jsonschema, whose messages name the field an editor got wrong.
+
+SCHEMA_KEYWORDS_REFUSED = ("$id", "$dynamicRef", "$recursiveRef")
+
+
+def schema_problems(schema: Any) -> list[str]:
+    """Why a tool's argument or output schema cannot be used; empty when it can."""
+    if not isinstance(schema, dict):
+        return ["a JSON Schema is an object"]
+    if _depth(schema) > MAX_DOCUMENT_DEPTH:
+        return [f"nested deeper than {MAX_DOCUMENT_DEPTH} levels"]
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return [f"not a valid JSON Schema: {exc.message}"]
+    problems = []
+    for path, key, value in _keywords(schema):
+        if key in SCHEMA_KEYWORDS_REFUSED:
+            problems.append(f"{path or '(root)'}: {key} is not supported in a policy schema")
+        elif key == "$ref" and isinstance(value, str) and not value.startswith("#"):
+            problems.append(
+                f"{path or '(root)'}: $ref {value!r} points outside the schema; only references "
+                "inside it (#/$defs/...) are resolved, nothing is fetched"
+            )
+    if problems:
+        return problems
+    try:
+        _compile(schema)
+    except jsonschema_rs.ValidationError as exc:
+        return [f"cannot be used: {str(exc).splitlines()[0]}"]
+    return []
+
+
 def schema_errors(schema: dict | None, value: Any) -> list[str]:
+    """What is wrong with ``value`` against a tool's schema (at most 20 problems)."""
     if not schema:
         return []
-    validator = _validator(json.dumps(schema, sort_keys=True))
-    return [
-        f"{'/'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
-        for error in validator.iter_errors(value)
-    ][:20]
+    try:
+        validator = _validator(json.dumps(schema, sort_keys=True))
+    except jsonschema_rs.ValidationError as exc:
+        # A policy saved before these checks: the call is refused, never a 500.
+        return [f"(schema): the policy's schema cannot be used: {str(exc).splitlines()[0]}"]
+    errors = []
+    for error in validator.iter_errors(value):
+        path = "/".join(str(part) for part in error.instance_path)
+        message = error.message if len(error.message) <= 500 else error.message[:497] + "..."
+        errors.append(f"{path or '(root)'}: {message}")
+        if len(errors) == 20:
+            break
+    return errors
 
 
 @lru_cache(maxsize=512)
-def _validator(schema_json: str) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(json.loads(schema_json))
+def _validator(schema_json: str) -> jsonschema_rs.Validator:
+    return _compile(json.loads(schema_json))
+
+
+def _compile(schema: dict[str, Any]) -> jsonschema_rs.Validator:
+    return jsonschema_rs.Draft202012Validator(
+        schema, offline=True, pattern_options=jsonschema_rs.RegexOptions()
+    )
+
+
+def _keywords(schema: Any, path: str = "") -> list[tuple[str, str, Any]]:
+    """Every (path, key, value) of the schema's objects, walked without recursion."""
+    found, stack = [], [(schema, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                found.append((where, key, value))
+                stack.append((value, f"{where}/{key}" if where else key))
+        elif isinstance(item, list):
+            stack.extend((value, f"{where}/{index}") for index, value in enumerate(item))
+    return found
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 SEED_POLICY_YAML = """\

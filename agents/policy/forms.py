@@ -8,7 +8,15 @@ from typing import Any
 from django import forms
 
 from agents.models import KillSwitchMode
-from agents.policy.document import BUDGET_NAMES, PolicyError, normalise, parse_yaml
+from agents.policy.document import (
+    BUDGET_NAMES,
+    MAX_DOCUMENT_DEPTH,
+    MAX_TOOL_NAME,
+    PolicyError,
+    normalise,
+    parse_yaml,
+    schema_problems,
+)
 
 
 class _ReasonForm(forms.Form):
@@ -83,7 +91,9 @@ def _json_field(label: str) -> forms.CharField:
 class ToolForm(_ReasonForm):
     """One tool's rule; saving publishes a new version of the whole policy."""
 
-    name = forms.RegexField(regex=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$", max_length=200)
+    name = forms.RegexField(
+        regex=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$", max_length=MAX_TOOL_NAME
+    )
     allowed = forms.BooleanField(required=False, label="enabled (on the global allowlist)")
     description = forms.CharField(required=False, max_length=500)
     effect = forms.ChoiceField(choices=[("read", "read"), ("write", "write")])
@@ -150,8 +160,13 @@ class ToolForm(_ReasonForm):
             value = json.loads(text)
         except json.JSONDecodeError as error:
             raise forms.ValidationError(f"Not valid JSON: {error}") from None
-        if not isinstance(value, dict):
-            raise forms.ValidationError("A JSON Schema is an object.")
+        except RecursionError:
+            raise forms.ValidationError(
+                f"Nested deeper than {MAX_DOCUMENT_DEPTH} levels."
+            ) from None
+        problems = schema_problems(value)
+        if problems:
+            raise forms.ValidationError(problems)
         return value
 
     def clean_args_schema(self) -> dict | None:
