@@ -14,6 +14,11 @@ Rules:
   per ``COALESCE_SECONDS``, the latest state wins, and id lists are merged. A runaway agent making
   50 calls a second sends a browser four messages a second, not fifty.
 - The consumer holds no ORM writes.
+- A socket lives no longer than the session that opened it: logging out closes the session's
+  sockets at once (``opsconsole.live.session_sockets_close``, through a group per session), and
+  at most every ``SESSION_RECHECK_SECONDS``, before carrying an event, the socket checks that its
+  session still signs its person in (not removed or expired, password unchanged, person active)
+  and still grants its topics; if not it closes (4401, or 4403 for a role taken away).
 """
 
 from __future__ import annotations
@@ -21,18 +26,25 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, load_backend
+from django.utils.crypto import constant_time_compare
 
 from opsconsole import roles
-from opsconsole.live import group_for
+from opsconsole.live import group_for, session_group
 
 COALESCE_SECONDS = 0.25
 MAX_RUN_TOPICS = 200
 CLOSE_FORBIDDEN = 4403
+CLOSE_SESSION_ENDED = 4401
+# How stale a socket's knowledge of its session may get before an event makes it look again.
+SESSION_RECHECK_SECONDS = 30.0
 
 # The lowest role that may follow each topic ("run.<id>" is listed as "run").
 TOPIC_ROLES = {
@@ -86,6 +98,31 @@ def merge(previous: dict[str, Any] | None, event: str, payload: dict[str, Any]) 
     return {**previous, **payload, "ids": ids}
 
 
+def session_close_code(session_key: str, user_id: Any, topics: list[str]) -> int | None:
+    """Why a socket must close now (``CLOSE_SESSION_ENDED``, ``CLOSE_FORBIDDEN``), or None.
+
+    Django's ``get_user`` check for a request carrying this session's cookie (the backend, the
+    password hash, the active flag), made read-only: it neither flushes nor cycles a session.
+    """
+    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    try:
+        session_user, backend_path = str(session[SESSION_KEY]), session[BACKEND_SESSION_KEY]
+    except KeyError:
+        return CLOSE_SESSION_ENDED
+    if session_user != str(user_id) or backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return CLOSE_SESSION_ENDED
+    user = load_backend(backend_path).get_user(user_id)
+    if user is None:  # removed, or no longer active
+        return CLOSE_SESSION_ENDED
+    session_hash = session.get(HASH_SESSION_KEY) or ""
+    hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+    if not any(constant_time_compare(session_hash, known) for known in hashes):
+        return CLOSE_SESSION_ENDED
+    if not all(roles.has_role(user, TOPIC_ROLES[topic.split(".")[0]]) for topic in topics):
+        return CLOSE_FORBIDDEN
+    return None
+
+
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -98,7 +135,14 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             for topic in parse_topics(self.scope.get("query_string", b""))
             if await database_sync_to_async(roles.has_role)(user, TOPIC_ROLES[topic.split(".")[0]])
         ]
+        self.topics = allowed
+        self.user_id = user.pk
+        self.session_key = getattr(self.scope.get("session"), "session_key", None) or ""
+        self.session_checked_at = time.monotonic()
+        self.ended = False
         self.groups_joined = [group_of(topic) for topic in allowed]
+        if self.session_key:
+            self.groups_joined.append(session_group(self.session_key))
         self.pending: dict[str, tuple[str, dict[str, Any]]] = {}
         self.last_sent: dict[str, float] = {}
         self.flushers: dict[str, asyncio.TimerHandle] = {}
@@ -108,18 +152,52 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"event": "hello", "payload": {"topics": allowed}})
 
     async def disconnect(self, code: int) -> None:
+        await self._leave()
+
+    async def _leave(self) -> None:
         for handle in getattr(self, "flushers", {}).values():
             handle.cancel()
-        for group in getattr(self, "groups_joined", []):
+        groups, self.groups_joined = getattr(self, "groups_joined", []), []
+        for group in groups:
             await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def _end(self, code: int) -> None:
+        """Close, and carry nothing more: leave every group before the close goes out."""
+        self.ended = True
+        self.pending.clear()
+        await self._leave()
+        await self.close(code=code)
+
+    async def _still_signed_in(self) -> bool:
+        """Check the session again if the last check is ``SESSION_RECHECK_SECONDS`` old; close
+        the socket if it no longer signs its person in."""
+        if self.ended:
+            return False
+        if time.monotonic() - self.session_checked_at < SESSION_RECHECK_SECONDS:
+            return True
+        self.session_checked_at = time.monotonic()
+        code = await database_sync_to_async(session_close_code)(
+            self.session_key, self.user_id, self.topics
+        )
+        if code is not None:
+            await self._end(code)
+        return code is None
+
+    async def session_ended(self, message: dict[str, Any]) -> None:
+        """The session logged out (``opsconsole.live.session_sockets_close``)."""
+        if not self.ended:
+            await self._end(CLOSE_SESSION_ENDED)
 
     async def receive_json(self, content: Any, **kwargs) -> None:
         # The page only listens; a ping keeps proxies from closing an idle socket.
-        if isinstance(content, dict) and content.get("type") == "ping":
+        is_ping = isinstance(content, dict) and content.get("type") == "ping"
+        if is_ping and await self._still_signed_in():
             await self.send_json({"event": "pong", "payload": {}})
 
     async def live_event(self, message: dict[str, Any]) -> None:
         """A broadcast from ``opsconsole.live``: send now, or fold into the pending one."""
+        if not await self._still_signed_in():
+            return
         event, payload = message["event"], message.get("payload") or {}
         key = coalesce_key(event, payload)
         previous = self.pending.get(key)
@@ -138,7 +216,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def _flush(self, key: str) -> None:
         self.flushers.pop(key, None)
         item = self.pending.pop(key, None)
-        if item is None:
+        if item is None or self.ended:
             return
         self.last_sent[key] = time.monotonic()
         event, payload = item

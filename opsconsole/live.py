@@ -5,6 +5,7 @@ A broken channel layer (Redis down) never fails the decision that triggered the 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -18,6 +19,31 @@ logger = logging.getLogger("opsconsole.live")
 def group_for(scope: str, ident: Any = "") -> str:
     """Group names: ``runs``, ``run.<id>``, ``approvals``, ``killswitch``."""
     return f"{scope}.{ident}" if ident != "" else scope
+
+
+def session_group(session_key: str) -> str:
+    """The group of the sockets one browser session opened. Named by a hash: group names are
+    visible in Redis, and a session key signs a person in."""
+    return group_for("session", hashlib.sha256(session_key.encode()).hexdigest()[:40])
+
+
+def session_sockets_close(session_key: str | None) -> None:
+    """Close every socket the session opened (``LiveConsumer.session_ended``), now: the
+    session is ending, whether or not a transaction is open."""
+    layer = get_channel_layer()
+    if not session_key or layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(session_group(session_key), {"type": "session.ended"})
+    except Exception as exc:  # noqa: BLE001 - the socket's own re-check closes it later
+        logger.warning("sockets of an ended session not closed: %s", exc)
+
+
+def close_sockets_at_logout(sender, request=None, **kwargs) -> None:
+    """``user_logged_out`` receiver (connected in apps.py): the only thing a signal drives here,
+    because logging out happens in Django's view, not in a service of ours."""
+    session = getattr(request, "session", None)
+    session_sockets_close(getattr(session, "session_key", None))
 
 
 def broadcast(groups: list[str], event: str, payload: dict[str, Any]) -> None:

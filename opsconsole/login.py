@@ -8,6 +8,13 @@ and ``Retry-After`` without checking the password, so guessing gains nothing. A 
 username's counter. Unlike the API's rate limits this one fails closed only as far as the
 counter goes: if the cache is down, attempts are not counted (logged), and passwords still have
 to be right.
+
+The counter keys on the name as authentication sees it: Django's login form strips the username
+and NFKC-normalises it (``UsernameField``), so ``" reviewer2"`` and the full-width
+``ｒｅｖｉｅｗｅｒ２`` sign in as ``reviewer2`` and must count as ``reviewer2``; it is case-folded
+too, so a case-insensitive database collation gains nothing either. Every sign-in page goes
+through the throttle: the admin site's own (``ThrottledAdminLoginView``, wired in
+``opsconsole/urls.py``) opens a session the console honours.
 """
 
 from __future__ import annotations
@@ -18,11 +25,17 @@ import math
 import time
 
 from django.conf import settings
+from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth import REDIRECT_FIELD_NAME, get_user_model
+from django.contrib.auth.forms import UsernameField
 from django.contrib.auth.views import LoginView
 from django.core.cache import caches
 from django.db import connection
 from django.forms.utils import ErrorDict
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+from django.utils.translation import gettext
 
 # The wall clock, a seam for tests (windows are aligned on it).
 _clock = time.time
@@ -44,20 +57,30 @@ def _key(kind: str, value: str, window: int) -> str:
     return f"login:{connection.settings_dict.get('NAME', '')}:{kind}:{digest}:{window}"
 
 
+def username_key(posted: str) -> str:
+    """The name a sign-in attempt is counted against: the posted username cleaned exactly as the
+    login form cleans it before authenticating (stripped, NFKC up to the field's length, as
+    ``AuthenticationForm`` sets it), then case-folded."""
+    user_model = get_user_model()
+    max_length = user_model._meta.get_field(user_model.USERNAME_FIELD).max_length or 254
+    return UsernameField(max_length=max_length).to_python(posted).casefold()
+
+
 def client_address(request: HttpRequest) -> str:
     # REMOTE_ADDR is the proxy's address behind a reverse proxy; deployments that terminate TLS
     # in front should pass the client address through (e.g. uvicorn --proxy-headers).
     return request.META.get("REMOTE_ADDR", "")
 
 
-class ThrottledLoginView(LoginView):
-    redirect_authenticated_user = True
+class LoginThrottle:
+    """The lockout, for a ``LoginView``: refuse while locked, count failures, clear on success."""
+
+    request: HttpRequest
 
     def _keys(self, request: HttpRequest) -> tuple[str, str, int]:
         window, _ = _window()
-        username = request.POST.get("username", "")
         return (
-            _key("user", username, window),
+            _key("user", username_key(request.POST.get("username", "")), window),
             _key("addr", client_address(request), window),
             window,
         )
@@ -90,7 +113,7 @@ class ThrottledLoginView(LoginView):
             _, seconds_left = _window()
             logger.warning(
                 "login locked out for %r from %s",
-                request.POST.get("username", ""),
+                username_key(request.POST.get("username", "")),
                 client_address(request),
             )
             form = self.get_form()
@@ -109,7 +132,10 @@ class ThrottledLoginView(LoginView):
         return super().post(request, *args, **kwargs)
 
     def form_invalid(self, form) -> HttpResponse:
-        self._count_failure(self.request)
+        # The right password of someone the page turns away (the admin site's sign-in refuses
+        # people who are not staff) guesses nothing, and is not counted.
+        if form.get_user() is None:
+            self._count_failure(self.request)
         return super().form_invalid(form)
 
     def form_valid(self, form) -> HttpResponse:
@@ -119,3 +145,37 @@ class ThrottledLoginView(LoginView):
         except Exception as exc:  # noqa: BLE001
             logger.warning("login counter not cleared: %s", exc)
         return super().form_valid(form)
+
+
+class ThrottledLoginView(LoginThrottle, LoginView):
+    redirect_authenticated_user = True
+
+
+class ThrottledAdminLoginView(LoginThrottle, LoginView):
+    """The admin site's sign-in, as ``admin.site.login`` serves it (its form, template and
+    context), behind the same throttle and counter as the console's."""
+
+    authentication_form = AdminAuthenticationForm
+    template_name = "admin/login.html"
+
+    def dispatch(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        request.current_app = admin.site.name
+        if request.method == "GET" and admin.site.has_permission(request):
+            return HttpResponseRedirect(reverse("admin:index", current_app=admin.site.name))
+        return super().dispatch(request, *args, **kwargs)
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context.update(
+            admin.site.each_context(self.request),
+            title=gettext("Log in"),
+            subtitle=None,
+            app_path=self.request.get_full_path(),
+            username=self.request.user.get_username(),
+        )
+        if (
+            REDIRECT_FIELD_NAME not in self.request.GET
+            and REDIRECT_FIELD_NAME not in self.request.POST
+        ):
+            context[REDIRECT_FIELD_NAME] = reverse("admin:index", current_app=admin.site.name)
+        return context

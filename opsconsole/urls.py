@@ -8,6 +8,7 @@ from agents.gateway import api as gateway_api
 from agents.monitoring import views as monitoring_views
 from agents.policy import api as policy_api
 from approvals import api as approval_api
+from opsconsole.login import ThrottledAdminLoginView
 
 api_v1 = [
     path("runs", gateway_api.RunCreateView.as_view(), name="run-create"),
@@ -40,9 +41,23 @@ api_v1 = [
     ),
 ]
 
+
+def _admin_site_urls() -> tuple[list, str, str]:
+    """The admin site's URLs with its sign-in throttled like the console's (opsconsole/login.py):
+    an admin session opens the console too."""
+    patterns, app_name, namespace = admin.site.urls
+    patterns = [
+        path("login/", ThrottledAdminLoginView.as_view(), name="login")
+        if getattr(pattern, "name", None) == "login"
+        else pattern
+        for pattern in patterns
+    ]
+    return patterns, app_name, namespace
+
+
 urlpatterns = [
     path("api/v1/", include((api_v1, "api"), namespace="api")),
-    path("django-admin/", admin.site.urls),
+    path("django-admin/", _admin_site_urls()),
     path("metrics", monitoring_views.metrics, name="metrics"),
     path("", include("opsconsole.web_urls")),
 ]

@@ -108,14 +108,21 @@ def _jsonl_line(run: Run, metadata: Any, events: list[TraceEvent]) -> str:
 
 
 def _csv_line(values: list[Any]) -> str:
+    """One CSV row, every text cell through ``_text_cell``: agents reach more columns than the
+    task (tool names, versions, stop reasons naming a tool, agent names an admin chose), and
+    which ones grows with the trace, so no column is trusted."""
     buffer = io.StringIO()
-    csv.writer(buffer).writerow(values)
+    csv.writer(buffer).writerow([_text_cell(v) if isinstance(v, str) else v for v in values])
     return buffer.getvalue()
 
 
+# What a spreadsheet takes for the start of a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _text_cell(value: str) -> str:
-    """Agent-written text that a spreadsheet would run as a formula is quoted with a '."""
-    return f"'{value}" if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+    """Text that a spreadsheet would run as a formula is quoted with a '."""
+    return f"'{value}" if value.startswith(FORMULA_STARTS) else value
 
 
 def _csv_rows(run: Run, events: list[TraceEvent]) -> list[str]:
@@ -123,8 +130,8 @@ def _csv_rows(run: Run, events: list[TraceEvent]) -> list[str]:
     head = [
         run.pk,
         run.agent.name,
-        _text_cell(run.agent_version),
-        _text_cell(run.task),
+        run.agent_version,
+        run.task,
         run.status,
         run.stop_reason,
         run.policy_version,
