@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 
 from opsconsole.notifications import EVENTS
+from opsconsole.webhooks import destination_refusal
 
 
 class AuditFilterForm(forms.Form):
@@ -31,3 +32,9 @@ class WebhookEndpointForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["events"].choices = [(event, event) for event in EVENTS]
+
+    def clean_url(self) -> str:
+        url = self.cleaned_data["url"]
+        if refusal := destination_refusal(url):
+            raise forms.ValidationError(refusal, code="destination_refused")
+        return url

@@ -13,7 +13,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from opsconsole import keys, roles
+from opsconsole import keys, roles, webhooks
 from opsconsole.audit import audit_record
 from opsconsole.errors import Conflict, Invalid, NotFound
 from opsconsole.models import (
@@ -130,6 +130,8 @@ def webhook_endpoint_create(
         raise Invalid(
             f"format must be one of {', '.join(WebhookFormat.values)}", code="invalid_format"
         )
+    if refusal := webhooks.destination_refusal(url):
+        raise Invalid(refusal, code="destination_refused")
     with transaction.atomic():
         if WebhookEndpoint.objects.filter(name=name).exists():
             raise Conflict(f"An endpoint named {name!r} already exists.", code="endpoint_exists")

@@ -128,6 +128,15 @@ TEMPLATES = [
 
 DATABASE_URL = env_str("DATABASE_URL")
 DB_CONNECT_TIMEOUT = env_int("OPSCONSOLE_DB_CONNECT_TIMEOUT", 3)
+# SQLite, however it is chosen (the embedded default or DATABASE_URL=sqlite:///...): IMMEDIATE
+# makes every transaction take the write lock up front, so concurrent writers queue (for up to
+# the busy timeout) instead of failing with "database is locked" when a reader tries to write;
+# WAL lets readers go on while one writes. Options in the URL win.
+SQLITE_OPTIONS = {
+    "timeout": 20,
+    "transaction_mode": "IMMEDIATE",
+    "init_command": "PRAGMA journal_mode=WAL",
+}
 if DATABASE_URL:
     _database = dj_database_url.parse(DATABASE_URL)
     if _database["ENGINE"] == "django.db.backends.postgresql":
@@ -149,15 +158,10 @@ if DATABASE_URL:
         )
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
-    _database = {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": DATA_DIR / "opsconsole.sqlite3",
-        # IMMEDIATE makes every transaction take the write lock up front, so concurrent
-        # decisions queue instead of failing with "database is locked".
-        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
-    }
+    _database = {"ENGINE": "django.db.backends.sqlite3", "NAME": DATA_DIR / "opsconsole.sqlite3"}
 _database.setdefault("TEST", {})
 if _database["ENGINE"] == "django.db.backends.sqlite3":
+    _database["OPTIONS"] = {**SQLITE_OPTIONS, **_database.get("OPTIONS", {})}
     _database["TEST"]["NAME"] = str(DATA_DIR / "test_opsconsole.sqlite3")
 else:
     _database["TEST"]["NAME"] = env_str("OPSCONSOLE_TEST_DATABASE", f"test_{_database['NAME']}")
@@ -293,6 +297,15 @@ OPSCONSOLE_MAX_WAIT_SECONDS = 30
 OPSCONSOLE_REAP_GRACE_SECONDS = env_int("OPSCONSOLE_REAP_GRACE_SECONDS", 10)
 # Webhook retries back off from this many seconds, doubling per attempt (capped at 10 minutes).
 OPSCONSOLE_WEBHOOK_BACKOFF_SECONDS = env_int("OPSCONSOLE_WEBHOOK_BACKOFF_SECONDS", 5)
+# One webhook delivery (name lookup, connect, send, the receiver's status line and headers) gets
+# this many seconds in all; a receiver answering one byte per second is given up then. At most
+# 40, so a delivery ends within its Celery task's 50 s soft time limit (opsconsole/tasks.py).
+OPSCONSOLE_WEBHOOK_DEADLINE_SECONDS = env_int("OPSCONSOLE_WEBHOOK_DEADLINE_SECONDS", 10)
+if not 1 <= OPSCONSOLE_WEBHOOK_DEADLINE_SECONDS <= 40:
+    raise ImproperlyConfigured("OPSCONSOLE_WEBHOOK_DEADLINE_SECONDS must be between 1 and 40")
+# Webhooks may go to loopback and private addresses only when this is true (a receiver inside the
+# same network); link-local (cloud metadata) and unspecified addresses are refused regardless.
+OPSCONSOLE_WEBHOOK_ALLOW_PRIVATE = env_bool("OPSCONSOLE_WEBHOOK_ALLOW_PRIVATE", False)
 # A pending approval this close to expiring gets an "about to expire" notice.
 OPSCONSOLE_APPROVAL_EXPIRING_SECONDS = env_int("OPSCONSOLE_APPROVAL_EXPIRING_SECONDS", 60)
 # Trace payloads of runs that ended more than this many days ago are purged (0: keep forever).
@@ -355,6 +368,9 @@ OPSCONSOLE_EMBEDDED_SWEEPS = [
     ("purged", "traces.purge", 3600),
     ("rollups", "monitoring.rollup", 60),
 ]
+# Of those, the sweeps that wait on the outside world (webhook receivers): they run on a thread of
+# their own, so a slow receiver never delays approval expiry or the reaper.
+OPSCONSOLE_EMBEDDED_OUTBOUND_SWEEPS = ["webhooks.deliver_due"]
 
 # The periodic sweeps (the embedded default runs the same ones: opsconsole/scheduler.py).
 CELERY_BEAT_SCHEDULE = {
