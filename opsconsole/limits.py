@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
 import time
 from typing import Any
@@ -29,6 +30,7 @@ from django.db import connection
 from rest_framework import exceptions, parsers
 from rest_framework.throttling import SimpleRateThrottle
 
+from opsconsole.api_errors import TOO_LARGE
 from opsconsole.errors import ServiceError
 
 # The wall clock, a seam for tests (windows are aligned on it).
@@ -161,16 +163,22 @@ def json_depth(value: Any) -> int:
     return _walk(value)[0]
 
 
+# What no database here can store: U+0000 (PostgreSQL text and jsonb) and lone surrogates
+# U+D800-U+DFFF (not encodable as UTF-8: a 503 on PostgreSQL, a 500 on every later read of the
+# row on SQLite). JSON can still spell both as \u escapes.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def _walk(value: Any) -> tuple[int, bool]:
-    """(nesting depth, whether a string or key holds a NUL character)."""
+    """(nesting depth, whether a string or key holds a character no database can store)."""
     deepest, nul, stack = 0, False, [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            nul = nul or "\x00" in item
+            nul = nul or _UNSTORABLE.search(item) is not None
         elif isinstance(item, dict):
             deepest = max(deepest, depth)
-            nul = nul or any("\x00" in key for key in item)
+            nul = nul or any(_UNSTORABLE.search(key) for key in item)
             stack.extend((child, depth + 1) for child in item.values())
         elif isinstance(item, list):
             deepest = max(deepest, depth)
@@ -195,6 +203,85 @@ class JSONParser(parsers.JSONParser):
         if depth > MAX_JSON_DEPTH:
             raise exceptions.ParseError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels.")
         if nul:
-            # PostgreSQL cannot store U+0000 in text or jsonb: refused here, not a 503 later.
-            raise exceptions.ParseError("JSON strings must not contain \\u0000.")
+            # Refused here, not a 503 (or a page that 500s for everyone) later.
+            raise exceptions.ParseError(
+                "JSON strings must not contain \\u0000 or unpaired surrogates (\\ud800-\\udfff)."
+            )
         return data
+
+
+# --- request bodies ------------------------------------------------------------------------------
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestBodyLimit:
+    """ASGI middleware: no request body larger than ``DATA_UPLOAD_MAX_MEMORY_SIZE`` is read.
+
+    Django's ASGI handler reads the whole body (spooling it to disk) before any Django middleware
+    runs, so a check there comes after the upload. Here a declared ``Content-Length`` over the
+    cap is refused before a byte is read, and a streamed body without one is cut as soon as it
+    passes the cap. Either way the answer is a 413: the API's JSON error under /api/, plain text
+    elsewhere.
+    """
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if scope["type"] != "http" or limit is None:
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            await _refuse(scope, send)
+            return
+        received = 0
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            # Raised while Django reads the body, before it has started a response.
+            await _refuse(scope, send)
+
+
+def _content_length(scope: dict[str, Any]) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _refuse(scope: dict[str, Any], send: Any) -> None:
+    if scope.get("path", "").startswith("/api/"):
+        body, content_type = json.dumps(TOO_LARGE).encode(), b"application/json"
+    else:
+        body = b"The request body is larger than the server accepts."
+        content_type = b"text/plain; charset=utf-8"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

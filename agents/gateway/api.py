@@ -11,6 +11,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.permissions import IsAuthenticated
@@ -235,6 +236,7 @@ def _poll_tool_call(agent: Agent, tool_call_id: int) -> tuple[dict[str, Any], bo
     operation_id="tool_call_get",
     tags=["agent"],
 )
+@csrf_exempt  # bearer-authenticated, never by cookie; any other method is the API's JSON 405
 async def tool_call_detail(request: HttpRequest, tool_call_id: int) -> JsonResponse:
     if request.method != "GET":
         return error_response(
