@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.db import models
@@ -77,6 +78,13 @@ class RunStatus(models.TextChoices):
 
 ACTIVE_STATUSES = (RunStatus.RUNNING, RunStatus.WAITING_APPROVAL)
 
+# What the budget and usage columns hold on every database: PostgreSQL's integer, bigint and
+# numeric(12, 6) (SQLite stores more, then fails to read a decimal back). The gateway treats them
+# as ceilings under every budget, so no counter is ever asked to hold more.
+INT_COLUMN_MAX = 2**31 - 1
+BIGINT_COLUMN_MAX = 2**63 - 1
+USD_COLUMN_MAX = Decimal("999999.999999")
+
 
 class Run(models.Model):
     """One task attempt by an agent, with its effective budgets and live usage counters.
@@ -115,6 +123,11 @@ class Run(models.Model):
     started_at = models.DateTimeField(default=timezone.now)
     last_activity_at = models.DateTimeField(default=timezone.now)
     ended_at = models.DateTimeField(null=True, blank=True)
+    # Time spent waiting for people (approval requests), which max_seconds does not count:
+    # the waits that ended, and when the open one began (set while the run is waiting_approval;
+    # agents.runs.services.run_wait_begin / run_wait_end).
+    waited_seconds = models.FloatField(default=0.0, db_default=0.0)
+    waiting_since = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-started_at", "-id"]
@@ -158,10 +171,36 @@ class Run(models.Model):
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
 
+    def _times(self) -> tuple[float, float]:
+        """(elapsed, waiting) seconds, both at one instant: the end, or now while active."""
+        end = self.ended_at or timezone.now()
+        elapsed = max(0.0, (end - self.started_at).total_seconds())
+        waiting = self.waited_seconds
+        if self.waiting_since is not None:
+            waiting += max(0.0, (end - self.waiting_since).total_seconds())
+        return elapsed, min(waiting, elapsed)
+
+    @property
+    def elapsed_seconds(self) -> float:
+        """Wall-clock time since the start (to the end once ended), waits included."""
+        return self._times()[0]
+
     @property
     def seconds(self) -> float:
-        end = self.ended_at or timezone.now()
-        return max(0.0, (end - self.started_at).total_seconds())
+        """Active time, what max_seconds bounds: elapsed less the time spent waiting for people."""
+        elapsed, waiting = self._times()
+        return elapsed - waiting
+
+    @property
+    def waiting_seconds(self) -> float:
+        """Time spent waiting for a human decision, the open wait included."""
+        return self._times()[1]
+
+    @property
+    def active_clock_start(self) -> datetime:
+        """Where a clock of active time starts: while the run is running, its active seconds
+        are the time since this moment (its start, moved on by the waits that ended)."""
+        return self.started_at + timedelta(seconds=self.waited_seconds)
 
     @property
     def budgets_dict(self) -> dict:
@@ -181,12 +220,14 @@ class Run(models.Model):
         }
 
     def usage(self) -> dict:
+        elapsed, waiting = self._times()
         return {
             "steps": self.steps,
             "tool_calls": self.tool_calls,
             "tokens": self.tokens,
             "usd": float(self.usd),
-            "seconds": round(self.seconds, 3),
+            "seconds": round(elapsed - waiting, 3),
+            "waiting_seconds": round(waiting, 3),
         }
 
 

@@ -22,7 +22,13 @@ from agents.models import (
     ToolCall,
 )
 from agents.policy.document import ToolRule
-from agents.runs.services import run_broadcast, run_event_record, run_stop_locked
+from agents.runs.services import (
+    run_broadcast,
+    run_event_record,
+    run_stop_locked,
+    run_wait_begin,
+    run_wait_end,
+)
 from approvals.models import ApprovalDecision, ApprovalRequest, ApprovalStatus, Verdict
 from opsconsole.audit import actor_name, audit_record
 from opsconsole.errors import Conflict, Invalid, NotFound
@@ -52,9 +58,10 @@ def _close(run: Run, request: ApprovalRequest, status: str, *, reason: str | Non
             run.status == RunStatus.WAITING_APPROVAL
             and not ApprovalRequest.objects.filter(run=run, status=ApprovalStatus.PENDING).exists()
         ):
+            waits = run_wait_end(run, now)
             run.status = RunStatus.RUNNING
             run.last_activity_at = now
-            run.save(update_fields=["status", "last_activity_at"])
+            run.save(update_fields=["status", "last_activity_at", *waits])
     else:
         ToolCall.objects.filter(pk=request.tool_call_id).update(
             decision=Decision.STOP, stop_reason=reason
@@ -198,7 +205,9 @@ def approval_open(
 ) -> ApprovalRequest:
     """The gateway asks for a write: the request, the run waiting for it, its trace and notices.
 
-    Called inside the gateway's transaction with the run locked; the caller saves ``run.status``.
+    Called inside the gateway's transaction with the run locked. The run starts waiting (its
+    time from ``now`` does not count against max_seconds; the request's expiry bounds the wait);
+    the caller saves the fields returned by ``run_wait_begin`` (``status``, ``waiting_since``).
     """
     request = ApprovalRequest.objects.create(
         tool_call=tool_call,
@@ -211,7 +220,7 @@ def approval_open(
         created_at=now,
         expires_at=now + timedelta(seconds=rule.timeout_seconds),
     )
-    run.status = RunStatus.WAITING_APPROVAL
+    run_wait_begin(run, now)
     run_event_record(
         run,
         EventKind.APPROVAL_REQUESTED,

@@ -7,10 +7,23 @@ from decimal import Decimal
 from typing import Any
 
 from agents.models import (
+    BIGINT_COLUMN_MAX,
+    INT_COLUMN_MAX,
+    USD_COLUMN_MAX,
     Run,
 )
 from agents.policy.document import BUDGET_NAMES
 from opsconsole.notifications import notify
+
+# What each budget's column holds: a larger ceiling (a policy may say 10**12 steps) is stored as
+# this, which no counter can pass anyway (decisions.py bounds the counters by their columns).
+_COLUMN_MAX: dict[str, Any] = {
+    "max_steps": INT_COLUMN_MAX,
+    "max_seconds": INT_COLUMN_MAX,
+    "max_tool_calls": INT_COLUMN_MAX,
+    "max_usd": USD_COLUMN_MAX,
+    "max_tokens": BIGINT_COLUMN_MAX,
+}
 
 
 def effective_budgets(requested: dict[str, Any], ceilings: dict[str, Any]) -> dict[str, Any]:
@@ -22,6 +35,8 @@ def effective_budgets(requested: dict[str, Any], ceilings: dict[str, Any]) -> di
         value = min(values) if values else None
         if name == "max_usd" and value is not None:
             value = Decimal(str(value))
+        if value is not None:
+            value = min(value, _COLUMN_MAX[name])
         result[name] = value
     return result
 

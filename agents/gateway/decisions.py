@@ -14,7 +14,13 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from agents import stop_reasons
-from agents.models import Decision, KillSwitchMode
+from agents.models import (
+    BIGINT_COLUMN_MAX,
+    INT_COLUMN_MAX,
+    USD_COLUMN_MAX,
+    Decision,
+    KillSwitchMode,
+)
 from agents.policy.document import Policy, ToolRule, schema_errors
 
 
@@ -32,7 +38,23 @@ class RunCounters(Protocol):
     usd: Decimal
 
     @property
-    def seconds(self) -> float: ...
+    def seconds(self) -> float:
+        """Active time: elapsed less the time spent waiting for people (max_seconds bounds it)."""
+        ...
+
+
+def _within(budget: int | None, column_max: int) -> int:
+    """A counter's real ceiling: its budget, and never more than its column holds."""
+    return column_max if budget is None else min(budget, column_max)
+
+
+def _usd_within(budget: Decimal | None) -> Decimal:
+    return USD_COLUMN_MAX if budget is None else min(budget, USD_COLUMN_MAX)
+
+
+def args_errors(rule: ToolRule, args: dict[str, Any]) -> list[str]:
+    """What is wrong with a call's arguments against its tool's argument schema."""
+    return schema_errors(rule.args_schema, args)
 
 
 @dataclass(frozen=True)
@@ -57,13 +79,21 @@ def tool_call_verdict(
     repeats: Callable[[], int],
     calls_of_tool: Callable[[], int],
     degraded: Callable[[ToolRule], bool],
+    invalid_args: Callable[[ToolRule], list[str]] | None = None,
 ) -> Verdict:
     """Decide one tool call in SPEC.md's order (the run is known to be active).
 
     ``repeats`` (counted calls with the same tool and arguments), ``calls_of_tool`` (counted
     calls of the tool) and ``degraded`` (the breaker refuses the call) are called only when
     the checks before them passed, so the gateway pays their queries only then.
+    ``invalid_args`` gives the argument check's result (the gateway's was computed before the
+    run was locked); it too is asked only at its place in the order. Without it the arguments
+    are checked here (``args_errors``).
+
+    Every counter is bounded by its column as well as by its budget: a call that would take
+    ``tool_calls`` or ``usd`` past what the run's row holds stops with that budget's reason.
     """
+    check_args = invalid_args or (lambda rule: args_errors(rule, args))
     rule = policy.tool_rule_for(tool, agent_name)
     reason: str | None = None
     detail = ""
@@ -83,17 +113,17 @@ def tool_call_verdict(
         )
     elif run.max_seconds is not None and run.seconds > run.max_seconds:
         reason = stop_reasons.MAX_SECONDS
-    elif run.max_tool_calls is not None and run.tool_calls + 1 > run.max_tool_calls:
+    elif run.tool_calls + 1 > _within(run.max_tool_calls, INT_COLUMN_MAX):
         reason, detail = (
             stop_reasons.MAX_TOOL_CALLS,
-            f"call {run.tool_calls + 1} of {run.max_tool_calls}",
+            f"call {run.tool_calls + 1} of {_within(run.max_tool_calls, INT_COLUMN_MAX)}",
         )
     elif not policy.is_allowed(tool, agent_name):
         reason, detail = (
             stop_reasons.for_tool(stop_reasons.TOOL_DENIED, tool),
             "not on the allowlist",
         )
-    elif errors := schema_errors(rule.args_schema, args):
+    elif errors := check_args(rule):
         reason, detail = (
             stop_reasons.for_tool(stop_reasons.INVALID_TOOL_ARGS, tool),
             "; ".join(errors),
@@ -109,8 +139,10 @@ def tool_call_verdict(
     elif rule.max_calls_per_run is not None and calls_of_tool() >= rule.max_calls_per_run:
         reason = stop_reasons.MAX_TOOL_CALLS
         detail = f"per-run cap of {tool} ({rule.max_calls_per_run}) reached"
-    elif run.max_usd is not None and run.usd + rule.cost_usd > run.max_usd:
+    elif run.usd + rule.cost_usd > _usd_within(run.max_usd):
         reason, detail = stop_reasons.MAX_USD, f"{tool} costs {rule.cost_usd}"
+        if run.max_usd is None:
+            detail += f"; a run's spend is at most {USD_COLUMN_MAX}"
 
     if reason is not None:
         return Verdict(Decision.STOP, reason, detail, rule)
@@ -126,19 +158,33 @@ def step_verdict(
     tokens: int,
     usd: Decimal,
 ) -> str | None:
-    """The stop reason of a model step that may not be counted, or None to continue."""
+    """The stop reason of a model step that may not be counted, or None to continue.
+
+    A step that would take a counter past what its column holds is refused like one past its
+    budget: the column's capacity is a ceiling under every budget (``max_usd`` unset still
+    means at most 999999.999999 per run).
+    """
+    reason = finish_verdict(run=run, agent_enabled=agent_enabled, kill_mode=kill_mode)
+    if reason is not None:
+        return reason
+    if run.steps + 1 > _within(run.max_steps, INT_COLUMN_MAX):
+        return stop_reasons.MAX_STEPS
+    if run.tokens + tokens > _within(run.max_tokens, BIGINT_COLUMN_MAX):
+        return stop_reasons.MAX_TOKENS
+    if run.usd + usd > _usd_within(run.max_usd):
+        return stop_reasons.MAX_USD
+    return None
+
+
+def finish_verdict(*, run: RunCounters, agent_enabled: bool, kill_mode: str) -> str | None:
+    """The stop reason a run ends with instead of the agent's own finish (or its next step),
+    or None: the kill switch's stop_all, a disabled agent, active time past max_seconds."""
     if kill_mode == KillSwitchMode.STOP_ALL:
         return stop_reasons.KILL_SWITCH
     if not agent_enabled:
         return stop_reasons.AGENT_DISABLED
     if run.max_seconds is not None and run.seconds > run.max_seconds:
         return stop_reasons.MAX_SECONDS
-    if run.max_steps is not None and run.steps + 1 > run.max_steps:
-        return stop_reasons.MAX_STEPS
-    if run.max_tokens is not None and run.tokens + tokens > run.max_tokens:
-        return stop_reasons.MAX_TOKENS
-    if run.max_usd is not None and run.usd + usd > run.max_usd:
-        return stop_reasons.MAX_USD
     return None
 
 
@@ -154,7 +200,7 @@ def result_stop_reason(
     *, run: RunCounters, tool: str, spend: Decimal, errors: list[str]
 ) -> str | None:
     """The stop reason a reported result ends the run with, or None."""
-    if run.max_usd is not None and run.usd + spend > run.max_usd:
+    if run.usd + spend > _usd_within(run.max_usd):
         return stop_reasons.MAX_USD
     if errors:
         return stop_reasons.for_tool(stop_reasons.INVALID_TOOL_OUTPUT, tool)

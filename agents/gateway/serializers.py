@@ -7,9 +7,12 @@ from typing import Any
 
 from rest_framework import serializers
 
-from agents.models import Run, ToolCall
+from agents.models import BIGINT_COLUMN_MAX, INT_COLUMN_MAX, USD_COLUMN_MAX, Run, ToolCall
+from agents.policy.document import MAX_TOOL_NAME, TOOL_NAME_PATTERN
 
-TOOL_NAME = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$"
+# The names a policy can hold (the MCP convention, 1-128 characters): a longer one could never be
+# allowed, and its denial would not fit the stop-reason columns.
+TOOL_NAME = TOOL_NAME_PATTERN
 
 
 class UsdField(serializers.DecimalField):
@@ -31,9 +34,9 @@ class UsdField(serializers.DecimalField):
 
 # The largest values the run's columns hold (found by the API fuzzer: a larger max_usd was
 # stored by SQLite and then made every read of the run fail).
-_INT_MAX = 2_147_483_647
-_BIGINT_MAX = 9_223_372_036_854_775_807
-_USD_MAX = 999_999.999999
+_INT_MAX = INT_COLUMN_MAX
+_BIGINT_MAX = BIGINT_COLUMN_MAX
+_USD_MAX = float(USD_COLUMN_MAX)
 
 
 class BudgetsSerializer(serializers.Serializer):
@@ -82,7 +85,7 @@ class StepCreateSerializer(serializers.Serializer):
 
 
 class ToolCallCreateSerializer(serializers.Serializer):
-    tool = serializers.RegexField(TOOL_NAME, max_length=200)
+    tool = serializers.RegexField(TOOL_NAME, max_length=MAX_TOOL_NAME)
     args = serializers.DictField(required=False, default=dict)
     idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True)
 
@@ -116,7 +119,10 @@ class UsageSerializer(serializers.Serializer):
     tool_calls = serializers.IntegerField()
     tokens = serializers.IntegerField()
     usd = serializers.FloatField()
-    seconds = serializers.FloatField()
+    seconds = serializers.FloatField(help_text="active time, what max_seconds bounds")
+    waiting_seconds = serializers.FloatField(
+        help_text="time spent waiting for a human decision (not counted against max_seconds)"
+    )
 
 
 class RunSerializer(serializers.ModelSerializer):

@@ -2,7 +2,9 @@
 and the server-side stops (an operator's cancel, the reaper, the kill switch's stop_all).
 
 Each decision happens in one transaction with the run row locked (``SELECT ... FOR UPDATE``), so
-no number of parallel requests can push a counter past its budget.
+no number of parallel requests can push a counter past its budget. What can be worked out
+before the lock is (a tool call's arguments against its schema), so no request holds the lock
+longer than its decision needs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from agents import stop_reasons
 from agents.gateway.breakers import breaker_admit, breaker_record
 from agents.gateway.budgets import budget_crossings_notify, effective_budgets, usage_fractions
 from agents.gateway.decisions import (
+    args_errors,
+    finish_verdict,
     output_errors,
     result_stop_reason,
     step_verdict,
@@ -38,17 +42,23 @@ from agents.models import (
     ToolCall,
     TraceEvent,
 )
-from agents.policy.document import ToolRule, canonical_hash
+from agents.policy.document import (
+    MAX_TOOL_NAME,
+    Policy,
+    ToolRule,
+    canonical_hash,
+)
 from agents.policy.selectors import kill_switch_current, policy_current
 from agents.runs.services import (
     run_broadcast,
     run_event_record,
     run_lock_for_agent,
     run_stop_locked,
+    run_wait_end,
 )
 from approvals.services import approval_open, approvals_cancel_for_run
 from opsconsole.audit import audit_record
-from opsconsole.errors import Conflict, NotFound
+from opsconsole.errors import Conflict, Invalid, NotFound
 
 
 def _stop(run: Run, reason: str, detail: str = "") -> None:
@@ -212,7 +222,12 @@ def tool_call_decide(
 
     Returns the ToolCall (unsaved, with id None, when the run had already ended).
     """
+    if not 1 <= len(tool) <= MAX_TOOL_NAME:
+        # The API's serializer also holds the name to the MCP alphabet; whatever the front door,
+        # a longer name could not be recorded in its stop reason (``<kind>:<tool>``, 200 chars).
+        raise Invalid(f"tool must be 1-{MAX_TOOL_NAME} characters.", code="invalid_tool")
     args_hash = canonical_hash(args)
+    precheck = _args_precheck(agent=agent, tool=tool, args=args)
     try:
         with transaction.atomic():
             run = run_lock_for_agent(agent=agent, run_id=run_id)
@@ -236,6 +251,7 @@ def tool_call_decide(
                 args=args,
                 args_hash=args_hash,
                 idempotency_key=idempotency_key,
+                precheck=precheck,
             )
     except IntegrityError:
         existing = ToolCall.objects.filter(
@@ -244,6 +260,38 @@ def tool_call_decide(
         if existing is None:
             raise
         return _idempotent_tool_call(existing, tool, args_hash)
+
+
+class _PolicySeen:
+    """The policy this worker last decided with (a process-wide cache of one object).
+
+    The argument check before the lock runs against it; its result is used under the lock only
+    if the policy in force there is this very object (``policy_current`` keeps one object per
+    version), else the check runs again there. After a policy change, each worker's first call
+    is checked under the lock; a cold worker reads the policy first.
+    """
+
+    policy: Policy | None = None
+
+
+@dataclass(frozen=True)
+class _ArgsCheck:
+    """A call's arguments checked against one policy's rule for the tool, before the lock."""
+
+    policy: Policy
+    errors: list[str]
+
+
+def _args_precheck(*, agent: Agent, tool: str, args: dict[str, Any]) -> _ArgsCheck | None:
+    """Validate the arguments outside the transaction, so a slow schema never holds the run's
+    lock. None when there is nothing to check (the tool is not allowed, or has no schema)."""
+    policy = _PolicySeen.policy or policy_current()
+    if not policy.is_allowed(tool, agent.name):
+        return None
+    rule = policy.tool_rule_for(tool, agent.name)
+    if not rule.args_schema:
+        return None
+    return _ArgsCheck(policy, args_errors(rule, args))
 
 
 def _idempotent_tool_call(existing: ToolCall, tool: str, args_hash: str) -> ToolCall:
@@ -263,16 +311,23 @@ def _decide(
     args: dict[str, Any],
     args_hash: str,
     idempotency_key: str | None,
+    precheck: _ArgsCheck | None = None,
 ) -> ToolCall:
     breaker: ToolBreaker | None = None
+    policy = _PolicySeen.policy = policy_current()
 
     def degraded(rule: ToolRule) -> bool:
         nonlocal breaker
         breaker, refused = breaker_admit(tool, rule)
         return refused
 
+    def invalid_args(rule: ToolRule) -> list[str]:
+        if precheck is not None and precheck.policy is policy:
+            return precheck.errors
+        return args_errors(rule, args)  # the policy changed since the precheck
+
     verdict = tool_call_verdict(
-        policy=policy_current(),
+        policy=policy,
         tool=tool,
         args=args,
         agent_name=agent.name,
@@ -282,6 +337,7 @@ def _decide(
         repeats=lambda: _repeats(run, tool, args_hash),
         calls_of_tool=lambda: _calls_of(run, tool),
         degraded=degraded,
+        invalid_args=invalid_args,
     )
     rule, reason, detail = verdict.rule, verdict.stop_reason, verdict.detail
 
@@ -331,8 +387,9 @@ def _decide(
     fields = ["tool_calls", "usd", "last_activity_at"]
     run_event_record(run, EventKind.TOOL_CALL, _call_data(tool_call), tool_call)
     if decision == Decision.PENDING_APPROVAL:
+        # The run waits for people from now: that time does not count against max_seconds.
         approval_open(run=run, tool_call=tool_call, rule=rule, now=now)
-        fields.append("status")
+        fields += ["status", "waiting_since"]
     run.save(update_fields=fields)
     run_broadcast(run)
     return tool_call
@@ -454,6 +511,12 @@ def tool_call_report(
 
 
 def run_finish(*, agent: Agent, run_id: int, status: str, answer: str = "", error: str = "") -> Run:
+    """The agent ends its run ``succeeded`` (``ok``) or ``failed`` (``error``).
+
+    What would stop its next step stops the run instead, and the finish is a 409 with that stop
+    reason, as a finish of an ended run is: the kill switch's stop_all (``kill_switch``), a
+    disabled agent (``agent_disabled``), active time past max_seconds (``max_seconds``).
+    """
     with transaction.atomic():
         run = run_lock_for_agent(agent=agent, run_id=run_id)
         if not run.is_active:
@@ -462,34 +525,52 @@ def run_finish(*, agent: Agent, run_id: int, status: str, answer: str = "", erro
                 code="run_ended",
                 extra={"stop_reason": run.stop_reason},
             )
-        now = timezone.now()
-        run.status = RunStatus.SUCCEEDED if status == "succeeded" else RunStatus.FAILED
-        run.stop_reason = stop_reasons.OK if status == "succeeded" else stop_reasons.ERROR
-        run.answer, run.error = answer, error
-        run.ended_at = run.last_activity_at = now
-        run.save(
-            update_fields=[
-                "status",
-                "stop_reason",
-                "answer",
-                "error",
-                "ended_at",
-                "last_activity_at",
-            ]
+        reason = finish_verdict(
+            run=run, agent_enabled=agent.enabled, kill_mode=kill_switch_current().mode
         )
-        run_event_record(
-            run,
-            EventKind.FINISH,
-            {
-                "status": run.status,
-                "stop_reason": run.stop_reason,
-                "answer": answer[:4000],
-                "error": error[:4000],
-            },
-        )
-        approvals_cancel_for_run(run=run, reason=run.stop_reason)
-        run_broadcast(run)
-        return run
+        if reason is None:
+            return _finish(run, status=status, answer=answer, error=error)
+        detail = f"the agent's finish ({status}) was refused"
+        _stop(run, reason, f"{detail}: {error[:2000]}" if error else detail)
+    raise Conflict(
+        f"The run was stopped with {reason} instead of finishing {status}.",
+        code="run_stopped",
+        extra={"stop_reason": reason},
+    )
+
+
+def _finish(run: Run, *, status: str, answer: str, error: str) -> Run:
+    """End a locked, active run as the agent says (the caller checked it may)."""
+    now = timezone.now()
+    waits = run_wait_end(run, now)
+    run.status = RunStatus.SUCCEEDED if status == "succeeded" else RunStatus.FAILED
+    run.stop_reason = stop_reasons.OK if status == "succeeded" else stop_reasons.ERROR
+    run.answer, run.error = answer, error
+    run.ended_at = run.last_activity_at = now
+    run.save(
+        update_fields=[
+            "status",
+            "stop_reason",
+            "answer",
+            "error",
+            "ended_at",
+            "last_activity_at",
+            *waits,
+        ]
+    )
+    run_event_record(
+        run,
+        EventKind.FINISH,
+        {
+            "status": run.status,
+            "stop_reason": run.stop_reason,
+            "answer": answer[:4000],
+            "error": error[:4000],
+        },
+    )
+    approvals_cancel_for_run(run=run, reason=run.stop_reason)
+    run_broadcast(run)
+    return run
 
 
 def run_stop(
@@ -533,20 +614,21 @@ def run_cancel(*, run_id: int, actor: str, reason: str = "") -> Run:
 
 
 def runs_reap_silent(*, grace_seconds: int) -> int:
-    """Stop runs silent past their max_seconds (plus grace) with ``max_seconds``.
+    """Stop runs silent past their max_seconds (plus grace) of active time with ``max_seconds``.
 
-    A run waiting for an approval is not silent: its agent is long-polling, and the request's
-    own expiry ends it with ``approval_timeout`` if nobody decides.
+    Active time leaves out the time a run waited for people (``Run.seconds``), as every
+    decision does. A run waiting for an approval now is not silent: its agent is long-polling,
+    its active time stands still, and the request's own expiry ends it with
+    ``approval_timeout`` if nobody decides.
     """
-    now = timezone.now()
-    candidates = Run.objects.filter(
-        status=RunStatus.RUNNING, max_seconds__isnull=False
-    ).values_list("pk", "started_at", "max_seconds")
+    candidates = Run.objects.filter(status=RunStatus.RUNNING, max_seconds__isnull=False).only(
+        "pk", "started_at", "ended_at", "max_seconds", "waited_seconds", "waiting_since"
+    )
     stopped = 0
-    for run_id, started_at, max_seconds in candidates:
-        assert max_seconds is not None  # the query above leaves out runs without one
-        if now - started_at > timedelta(seconds=max_seconds + grace_seconds) and run_stop(
-            run_id=run_id,
+    for run in candidates:
+        assert run.max_seconds is not None  # the query above leaves out runs without one
+        if run.seconds > run.max_seconds + grace_seconds and run_stop(
+            run_id=run.pk,
             reason=stop_reasons.MAX_SECONDS,
             detail="silent past max_seconds; stopped by the server",
             statuses=(RunStatus.RUNNING,),

@@ -8,7 +8,9 @@ recorded (the environment):
 - the kill switch and the agent's enabled flag: a call or step the gateway stopped with
   ``kill_switch`` or ``agent_disabled`` is stopped the same way, any other sees them off;
 - a tool's circuit breaker: open only where the recording says ``tool_degraded:<tool>``;
-- time: each call is decided at its recorded offset from the run's start;
+- time: each call is decided at its recorded active time: its offset from the run's start less
+  the time the run had spent waiting for reviewers by then (from an approval request until none
+  was pending), which max_seconds does not count; a finish is checked as the gateway does;
 - reviewers: a call that needs approval gets the recorded verdict; if it did not need
   approval when recorded, approval is assumed granted (and the call says so);
 - a stop from outside the agent's calls (cancelled, the reaper, stop_all) stops the replay
@@ -30,6 +32,7 @@ from django.db.models import Prefetch
 from agents import stop_reasons
 from agents.gateway.budgets import effective_budgets
 from agents.gateway.decisions import (
+    finish_verdict,
     output_errors,
     result_stop_reason,
     step_verdict,
@@ -237,6 +240,30 @@ def _consequences(events: list[dict[str, Any]]) -> set[int]:
     return caused
 
 
+def _active_offsets(events: list[dict[str, Any]]) -> list[float]:
+    """Each event's active time: its offset less the recorded waits for reviewers so far (the
+    run waits from an approval request until no request of it is pending, as the gateway
+    counts it)."""
+    pending: set[Any] = set()
+    waited = 0.0
+    since: float | None = None
+    active = []
+    for event in events:
+        offset = event["offset"]
+        if event["kind"] == EventKind.APPROVAL_REQUESTED:
+            if not pending:
+                since = offset
+            pending.add(event["approval"])
+        elif event["kind"] == EventKind.APPROVAL_DECIDED and event["approval"] in pending:
+            pending.discard(event["approval"])
+            if not pending and since is not None:
+                waited += offset - since
+                since = None
+        waiting = waited + (offset - since if since is not None else 0.0)
+        active.append(max(0.0, offset - waiting))
+    return active
+
+
 def replay(recording: dict[str, Any], policy: Policy) -> ReplayResult:
     """Re-decide a recording against ``policy`` (see the module docstring). Calls no tool."""
     agent = recording["agent"]
@@ -252,6 +279,7 @@ def replay(recording: dict[str, Any], policy: Policy) -> ReplayResult:
     )
     events = recording["events"]
     caused = _consequences(events)
+    active_offsets = _active_offsets(events)
     counted: list[tuple[str, str]] = []  # (tool, args hash) of calls the replay counted
     by_call: dict[int, ReplayedDecision] = {}
     approvals: dict[int, int] = {}  # approval id -> tool call id
@@ -272,14 +300,19 @@ def replay(recording: dict[str, Any], policy: Policy) -> ReplayResult:
         kind = event["kind"]
         following = events[index + 1] if index + 1 in caused else None
         recorded_stop = following["stop_reason"] if following else ""
-        counters.seconds = event["offset"]
+        counters.seconds = active_offsets[index]
 
         if kind == EventKind.STOP:
             if index not in caused and stopped is None:
                 stop(event["stop_reason"])
         elif kind == EventKind.FINISH:
             if stopped is None:
-                stop(event["stop_reason"])
+                # The environment (the kill switch, the agent's flag) as recorded: a finish the
+                # gateway let through saw them off; only the policy's max_seconds is re-decided.
+                late = finish_verdict(
+                    run=counters, agent_enabled=True, kill_mode=KillSwitchMode.OFF
+                )
+                stop(late or event["stop_reason"])
         elif kind == EventKind.STEP:
             steps += 1
             entry = ReplayedDecision(

@@ -40,6 +40,7 @@ from agents.models import (
 from agents.monitoring.drift import drift_evaluate
 from approvals.selectors import approval_waits
 
+ROLLUP_USD_MAX = Decimal("99999999.999999")  # MetricRollup.usd_sum: 14 digits, 6 decimals
 SIZES = {BucketSize.HOUR: timedelta(hours=1), BucketSize.DAY: timedelta(days=1)}
 
 
@@ -140,7 +141,9 @@ def rollup_bucket(*, size: str, start: datetime) -> int:
 
 def _fields(sample: _Samples, now: datetime) -> dict[str, Any]:
     every_latency = [ms for values in sample.latencies.values() for ms in values]
-    usd_sum = sum(sample.usd, Decimal("0"))
+    # Bounded by the column (numeric(14,6)), as the runs' own counters are: a bucket of runs
+    # near their cap must not make the rollup sweep fail on every tick.
+    usd_sum = min(sum(sample.usd, Decimal("0")), ROLLUP_USD_MAX)
     return {
         "runs": sample.runs,
         "stop_reasons": dict(sorted(sample.stop_reasons.items())),

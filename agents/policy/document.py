@@ -52,7 +52,12 @@ KILL_SWITCH_MODES = ("off", "disable_writes", "disable_expensive", "stop_all")
 MAX_DOCUMENT_DEPTH = 64  # nesting of mappings and lists, in the YAML and in any schema
 MAX_DOCUMENT_NODES = 100_000  # values after YAML aliases are expanded
 MAX_DOCUMENT_BYTES = 256 * 1024  # of YAML: parsing costs about 2.5 us a character
-MAX_TOOL_NAME = 128  # the MCP convention: 1-128 characters of [A-Za-z0-9_.-]
+MAX_TOOL_NAME = 128
+MAX_APPROVAL_TIMEOUT_SECONDS = (
+    30 * 86400
+)  # a request nobody decides in 30 days has expired  # the MCP convention: 1-128 characters of [A-Za-z0-9_.-]
+# ... as dot-separated words (no leading, trailing or double dot); the gateway API takes the same.
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$"
 
 
 DEFAULT_BREAKER = {
@@ -88,7 +93,7 @@ _breaker_schema = {
 }
 _tool_name = {
     "type": "string",
-    "pattern": r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$",
+    "pattern": TOOL_NAME_PATTERN,
     "maxLength": MAX_TOOL_NAME,
 }
 
@@ -122,7 +127,11 @@ POLICY_SCHEMA: dict[str, Any] = {
                                 "properties": {
                                     "required": {"type": ["boolean", "null"]},
                                     "reviewers": {"type": "integer", "minimum": 1, "maximum": 5},
-                                    "timeout_seconds": {"type": "integer", "minimum": 1},
+                                    "timeout_seconds": {
+                                        "type": "integer",
+                                        "minimum": 1,
+                                        "maximum": MAX_APPROVAL_TIMEOUT_SECONDS,
+                                    },
                                 },
                             },
                             "breaker": _breaker_schema,
@@ -138,7 +147,11 @@ POLICY_SCHEMA: dict[str, Any] = {
             "properties": {
                 "require_approval": {"type": "boolean"},
                 "reviewers": {"type": "integer", "minimum": 1, "maximum": 5},
-                "timeout_seconds": {"type": "integer", "minimum": 1},
+                "timeout_seconds": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_APPROVAL_TIMEOUT_SECONDS,
+                },
             },
         },
         "loop": {

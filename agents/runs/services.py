@@ -7,6 +7,7 @@ pending approval requests too (``approvals.services.approvals_cancel_for_run``).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.utils import timezone
@@ -58,14 +59,34 @@ def run_lock_for_agent(*, agent: Agent, run_id: int) -> Run:
     return run
 
 
+def run_wait_begin(run: Run, now: datetime) -> list[str]:
+    """A locked run starts waiting for people (an approval request): from ``now`` its time
+    no longer counts against max_seconds. Sets ``status``; returns the fields to save."""
+    run.status = RunStatus.WAITING_APPROVAL
+    if run.waiting_since is None:
+        run.waiting_since = now
+    return ["status", "waiting_since"]
+
+
+def run_wait_end(run: Run, now: datetime) -> list[str]:
+    """A locked run's open wait (if any) ends at ``now`` and joins ``waited_seconds``; the
+    caller sets the new status. Returns the fields to save."""
+    if run.waiting_since is None:
+        return []
+    run.waited_seconds += max(0.0, (now - run.waiting_since).total_seconds())
+    run.waiting_since = None
+    return ["waited_seconds", "waiting_since"]
+
+
 def run_stop_locked(run: Run, reason: str, detail: str = "") -> None:
     """End a locked, active run with one stop reason. A stopped run stays stopped."""
     assert stop_reasons.is_valid(reason), reason
     now = timezone.now()
+    waits = run_wait_end(run, now)
     run.status = RunStatus.STOPPED
     run.stop_reason = reason
     run.ended_at = now
     run.last_activity_at = now
-    run.save(update_fields=["status", "stop_reason", "ended_at", "last_activity_at"])
+    run.save(update_fields=["status", "stop_reason", "ended_at", "last_activity_at", *waits])
     run_event_record(run, EventKind.STOP, {"stop_reason": reason, "detail": detail})
     run_broadcast(run)
