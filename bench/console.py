@@ -47,7 +47,6 @@ import math
 import os
 import random
 import re
-import socket
 import statistics
 import sys
 import tempfile
@@ -60,7 +59,8 @@ from typing import Any
 from urllib.parse import urlencode, urlparse, urlunparse
 
 import httpx
-import uvicorn_server  # bench/uvicorn_server.py, beside this script
+
+from opsconsole.devserver import ConsoleServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = "opsconsole_bench_console"
@@ -130,12 +130,6 @@ def percentile(values: list[float], fraction: float) -> float:
     if not ordered:
         return math.nan
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def with_database(url: str, name: str) -> str:
@@ -587,21 +581,13 @@ def big_run_id() -> int:
 # --- the server ---------------------------------------------------------------------------------
 
 
-class Server:
+class Server(ConsoleServer):
     """uvicorn serving the console on the bench database; its output goes to a log file."""
 
     def __init__(self, env: dict[str, str], workers: int, log_path: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        super().__init__(env=env, workers=workers, log=log_path, stop_timeout=20)
+        self.base = self.url
         self.log_path = log_path
-        self.log = log_path.open("w")
-        self.process = uvicorn_server.start(
-            env=env, port=self.port, workers=workers, output=self.log
-        )
-
-    def stop(self) -> None:
-        uvicorn_server.stop(self.process)
-        self.log.close()
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server and its worker processes so far (Linux /proc):
@@ -978,10 +964,10 @@ def main() -> None:
             env["REDIS_URL"] = redis_url
         layer = f"Redis channel layer, {workers} workers" if redis_url else "in-memory, 1 worker"
         server = Server(env, workers, Path(data_dir) / "uvicorn.log")
-        load_before = os.getloadavg()[0]
         rounds: list[dict[str, PageRound]] = []
         live_rounds: list[LiveResult] = []
-        try:
+        with server:
+            load_before = os.getloadavg()[0]
             client = log_in(server.base, password)
             for round_ in range(1, args.repeat + 1):
                 if not args.skip_pages:
@@ -1014,8 +1000,6 @@ def main() -> None:
                         + ", ".join(f"{d:.0f}/{a:.0f}/{b:.0f}" for d, a, b in live.slowest),
                         flush=True,
                     )
-        finally:
-            server.stop()
         print(
             f"\n{args.runs:,} runs, {args.events:,} trace events, {args.agents} agents; "
             f"HTTP against uvicorn ({layer}); {os.cpu_count()} CPUs, load average "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,8 @@ from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 import httpx
-import uvicorn_server  # bench/uvicorn_server.py, beside this script
+
+from opsconsole.devserver import ConsoleServer
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOOR = {"p50_ms": 2.9, "p99_ms": 4.8, "per_second": 1600.0}
@@ -33,12 +33,6 @@ tools:
 budgets: {max_steps: 1000000, max_seconds: 86400, max_tool_calls: 1000000}
 loop: {max_repeats: 1000000}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bench_database_url(server_url: str) -> str:
@@ -153,12 +147,13 @@ def main() -> None:
     env.pop("REDIS_URL", None)
     print("preparing database opsconsole_bench ...", flush=True)
     key = prepare(env, server_url.replace("postgres://", "postgresql://", 1))
-    port = free_port()
-    server = uvicorn_server.start(
-        env={**env, "OPSCONSOLE_EMBEDDED_SCHEDULER": "false"}, port=port, workers=args.workers
+    server = ConsoleServer(
+        env={**env, "REDIS_URL": None, "OPSCONSOLE_EMBEDDED_SCHEDULER": "false"},
+        workers=args.workers,
+        stop_timeout=20,
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
+    base = server.url
+    with server:
         p50s, p99s = [], []
         rates: dict[int, list[float]] = {16: [], 64: []}
         for round_ in range(1, args.repeat + 1):
@@ -175,8 +170,6 @@ def main() -> None:
                     f"round {round_}: {clients} clients {rates[clients][-1]:.0f} decisions/s",
                     flush=True,
                 )
-    finally:
-        uvicorn_server.stop(server)
 
     p50, p99 = statistics.median(p50s), statistics.median(p99s)
     print(f"\nmedians of {args.repeat} rounds, {args.workers} uvicorn workers, PostgreSQL")

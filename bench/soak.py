@@ -3,10 +3,10 @@
     .venv/bin/python bench/soak.py --minutes 10 --fault-every 120
 
 It starts its *own* PostgreSQL cluster (initdb in a temporary folder, as the ``postgres`` OS user
-when run as root) and its own redis-server, each on a free port, and the console with uvicorn;
-the shared servers are never touched. While the fleet runs (agents/fleet.py, through the Python
-client, as real agents would), a probe agent asks for one decision every 0.2 s, and faults are
-injected in turn: PostgreSQL stopped (immediate), Redis stopped, the console process killed
+when run as root) and its own redis-server, each on a free port, and the console with uvicorn
+(opsconsole/devserver.py); the shared servers are never touched. While the fleet runs
+(agents/demo/fleet.py, through the Python client, as real agents would), a probe agent asks for
+one decision every 0.2 s, and faults are injected in turn: PostgreSQL stopped (immediate), Redis stopped, the console process killed
 (SIGKILL) and restarted, the kill switch set to ``stop_all``; each lasts ``--fault-seconds``.
 At the end it checks, on the database:
 
@@ -40,14 +40,10 @@ from pathlib import Path
 
 import httpx
 
+from opsconsole.devserver import ConsoleServer, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OwnPostgres:
@@ -254,7 +250,7 @@ def main() -> int:
     import django
 
     django.setup()
-    from agents.demo.fleet import Fleet, Server, prepare
+    from agents.demo.fleet import Fleet, prepare
     from agents.registry.services import agent_create, agent_key_issue
 
     world = prepare()
@@ -262,7 +258,7 @@ def main() -> int:
     probe_key = agent_key_issue(agent=probe_agent, actor="system")[1]
     admin_token = next(u.token for u in world.users if u.role == "admin")
 
-    server = Server(port=free_port())
+    server = ConsoleServer()
     server.start()
     server.wait_healthy()
     lines: list[str] = []
@@ -287,7 +283,7 @@ def main() -> int:
         ("redis stopped", redis_server.stop, redis_server.start),
         (
             "console killed",
-            lambda: server.process.kill(),
+            server.kill,
             lambda: (server.start(), server.wait_healthy()),
         ),
         ("kill switch stop_all", lambda: kill_switch("stop_all"), lambda: kill_switch("off")),

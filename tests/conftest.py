@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -14,6 +16,7 @@ from agents.policy import services as policy_services
 from agents.registry import services as registry_services
 from opsconsole import roles
 from opsconsole.services import user_token_issue
+from tests.servers import PrivateRedis
 
 
 class JsonClient(Client):
@@ -63,6 +66,13 @@ def make_person(username: str, role: str | None) -> Person:
         user.groups.add(Group.objects.get(name=role))
     _, token = user_token_issue(user=user, actor="system")
     return Person(user=user, password=password, token=token, api=JsonClient(token))
+
+
+def logged_in(person: Person) -> Client:
+    """A web console client with the person's session."""
+    client = Client()
+    client.force_login(person.user)
+    return client
 
 
 def make_agent(name: str, tools: list[str] | None = None) -> AgentPersona:
@@ -172,3 +182,17 @@ def start_run(agent):
         return response.json()
 
     return start
+
+
+@pytest.fixture
+def own_redis() -> Iterator[tuple[int, Callable[[], None], Callable[[], None]]]:
+    """A private redis-server (port, start, stop) that a test may stop and start again."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(binary)
+    server.start()
+    try:
+        yield server.port, server.start, server.stop
+    finally:
+        server.close()

@@ -2,9 +2,9 @@
 
 Two halves. :func:`prepare` is the server side (Django): it creates the demo users, the demo
 policy and the demo agents with fresh keys. Everything after it talks to the console *only*
-through :mod:`agents.client` over HTTP, exactly as a real agent process would: :class:`Server`
-runs the ASGI server as a subprocess and :class:`Fleet` runs one thread per simulated agent. No
-model is involved; each agent follows a short script.
+through :mod:`agents.client` over HTTP, exactly as a real agent process would: the ASGI server
+runs as a subprocess (:class:`opsconsole.devserver.ConsoleServer`) and :class:`Fleet` runs one
+thread per simulated agent. No model is involved; each agent follows a short script.
 
 The agents and the stop reason each one shows:
 
@@ -22,17 +22,11 @@ from __future__ import annotations
 import os
 import random
 import secrets
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import httpx
 
 from agents.client import (
     CONTROL_PLANE_UNAVAILABLE,
@@ -179,74 +173,6 @@ def _demo_agent_key(name: str) -> str:
         agent_key_revoke(key_id=key_id, actor="system")
     _, raw = agent_key_issue(agent=agent, actor="system", label=DEMO_LABEL)
     return raw
-
-
-# --- the console as a subprocess --------------------------------------------------------------
-
-
-class Server:
-    """``uvicorn opsconsole.asgi:application`` in a child process of its own."""
-
-    def __init__(self, *, port: int, host: str = "127.0.0.1", cwd: Path | None = None) -> None:
-        self.host, self.port = host, port
-        self.cwd = cwd or Path(__file__).resolve().parent.parent
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "opsconsole.asgi:application",
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--lifespan",
-            "off",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            # With the Redis channel layer a closed websocket's consumer can take until its
-            # blocking read times out to finish; do not wait longer than this for it.
-            "--timeout-graceful-shutdown",
-            "5",
-        ]
-        # A session of its own: Ctrl-C reaches only us, so the agents finish their runs
-        # before the server goes away.
-        self.process = subprocess.Popen(command, cwd=self.cwd, start_new_session=True)
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def wait_healthy(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError(f"the console server exited early (port {self.port} in use?)")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the console did not answer {self.url}/healthz in {timeout:.0f}s")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # --- the agents (client side only) ------------------------------------------------------------

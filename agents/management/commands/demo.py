@@ -10,6 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents.demo import fleet as demo_fleet
+from opsconsole.devserver import ConsoleServer
 
 
 class Command(BaseCommand):
@@ -45,7 +46,7 @@ class Command(BaseCommand):
             signum: signal.signal(signum, request_shutdown)
             for signum in (signal.SIGINT, signal.SIGTERM)
         }
-        server = demo_fleet.Server(port=port)
+        server = ConsoleServer(port=port)
         agents: demo_fleet.Fleet | None = None
         try:
             world = demo_fleet.prepare()
@@ -71,7 +72,7 @@ class Command(BaseCommand):
         self.say("Demo stopped.")
 
     def _wait(
-        self, shutdown: threading.Event, server: demo_fleet.Server, duration: float | None
+        self, shutdown: threading.Event, server: ConsoleServer, duration: float | None
     ) -> None:
         remaining = duration
         while not shutdown.is_set():

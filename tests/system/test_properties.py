@@ -436,14 +436,30 @@ class GatewayMachine(RuleBasedStateMachine):
             return
         run_id = self._pick_run(data)
         before = Run.objects.get(pk=run_id)
+        # What would stop the run's next step stops it at its finish instead (issue 12): the
+        # kill switch's stop_all first, then its active time past max_seconds.
+        stopping = (
+            stop_reasons.KILL_SWITCH
+            if self.kill_mode == "stop_all"
+            else stop_reasons.MAX_SECONDS
+            if before.max_seconds is not None and before.seconds > before.max_seconds
+            else None
+        )
         try:
             run = gateway_services.run_finish(
                 agent=self.agent, run_id=run_id, status="succeeded" if succeeded else "failed"
             )
         except ServiceError as exc:
+            after = Run.objects.get(pk=run_id)
+            if exc.code == "run_stopped":
+                assert before.is_active and stopping is not None
+                assert exc.extra["stop_reason"] == after.stop_reason == stopping
+                assert after.status == "stopped"
+                return
             assert exc.code == "run_ended" and not before.is_active
-            assert Run.objects.get(pk=run_id).stop_reason == before.stop_reason
+            assert after.stop_reason == before.stop_reason
             return
+        assert stopping is None
         assert run.stop_reason == (stop_reasons.OK if succeeded else stop_reasons.ERROR)
 
     @rule(

@@ -644,24 +644,6 @@ def test_an_oversized_body_is_a_413_and_changes_nothing(agent, start_run):
     assert ToolCall.objects.count() == 0
 
 
-def test_an_allow_decision_takes_a_fixed_number_of_queries(agent, start_run):
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    run = start_run()
-    call(agent, run["id"], "kb.read", {"q": "warm the policy cache"})
-    # key, lock run, policy, kill switch, loop count, breaker, insert call, insert event, update run
-    # (savepoint statements of the test's wrapping transaction aside)
-    with CaptureQueriesContext(connection) as captured:
-        call(agent, run["id"], "kb.read", {"q": 2})
-    statements = [
-        q["sql"]
-        for q in captured.captured_queries
-        if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))
-    ]
-    assert len(statements) == 9, "\n".join(statements)
-
-
 @pytest.mark.parametrize("name", ["", "my bot", "x" * 101, "bot/1"])
 def test_an_agent_name_the_policy_could_not_address_is_refused(db, name):
     from agents.models import Agent

@@ -10,14 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from opsconsole.devserver import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_LINE = re.compile(r"^(?P<agent>[\w-]+)\s+run (?P<run_id>\d+)\s+(?P<reason>\S+)", re.MULTILINE)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_the_demo_fleet_shows_its_stop_reasons_and_stops_cleanly(tmp_path):

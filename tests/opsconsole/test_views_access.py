@@ -7,6 +7,7 @@ from django.test import Client
 from django.urls import reverse
 
 from agents.models import KillSwitch
+from tests.conftest import logged_in
 
 # Pages every role (on-call and up) may open.
 ONCALL_PAGES = [
@@ -22,12 +23,6 @@ ONCALL_PAGES = [
     "audit",
 ]
 ADMIN_PAGES = ["agents:list", "policy:edit", "policy:tool_new", "policy:budgets"]
-
-
-def logged_in(person) -> Client:
-    client = Client()
-    client.force_login(person.user)
-    return client
 
 
 @pytest.mark.parametrize("page", ONCALL_PAGES + ADMIN_PAGES)

@@ -231,7 +231,8 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver():
+def receiver(settings):
+    settings.OPSCONSOLE_WEBHOOK_ALLOW_PRIVATE = True  # the receiver listens on 127.0.0.1
     made = []
 
     def make(failures: int = 0) -> Receiver:
@@ -312,6 +313,7 @@ def test_an_endpoint_gets_only_the_events_it_asked_for():
 
 def test_a_receiver_that_never_answers_fails_visibly_after_the_last_attempt(settings):
     settings.OPSCONSOLE_WEBHOOK_BACKOFF_SECONDS = 0
+    settings.OPSCONSOLE_WEBHOOK_ALLOW_PRIVATE = True  # a closed port on 127.0.0.1
     endpoint("http://127.0.0.1:9/closed-port")
     notify(event="kill_switch.changed", key="k", payload={})
     for _ in range(10):

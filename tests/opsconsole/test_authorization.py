@@ -28,7 +28,7 @@ from approvals.models import ApprovalRequest
 from opsconsole import roles
 from tests.conftest import JsonClient
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 POLICY = """
 tools:

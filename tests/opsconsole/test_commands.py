@@ -1,5 +1,6 @@
 """Management commands: create_agent, killswitch and create_user (policy import/export are in
-test_policy.py). Each is thin over a service, so these pin the output and the database state."""
+tests/policy/test_document.py). Each is thin over a service, so these pin the output and the
+database state."""
 
 from __future__ import annotations
 

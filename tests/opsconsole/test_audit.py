@@ -1,5 +1,5 @@
 """Audit integrity: the log is hash-chained and append-only, and ``verify_audit`` names the first
-tampered row."""
+tampered row. The audit log page shows before and after, filters, and pages by id."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from contextlib import contextmanager
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
+from django.urls import reverse
 
 from agents.policy.services import kill_switch_set
 from opsconsole.audit import audit_record, verify_chain
 from opsconsole.models import AuditChainHead, AuditEntry
+from tests.conftest import logged_in
 
 pytestmark = pytest.mark.django_db
 
@@ -242,3 +244,39 @@ def test_concurrent_appends_queue_on_the_chain_head_and_never_fork():
     assert report.ok, report
     prev_hashes = [e.prev_hash for e in AuditEntry.objects.order_by("pk")]
     assert len(set(prev_hashes)) == len(prev_hashes)  # no two rows follow the same row
+
+
+# --- the audit log page -----------------------------------------------------------------------
+
+
+def test_the_audit_log_shows_before_and_after_and_filters(oncall, admin, agent, start_run):
+    run = start_run()
+    logged_in(oncall).post(reverse("runs:cancel", args=[run["id"]]), {"reason": "stuck"})
+    kill_switch_set(mode="disable_writes", reason="outage", actor="user:ada-admin")
+    client = logged_in(oncall)
+    page = client.get(reverse("audit")).content.decode()
+    assert "run.cancel" in page and "kill_switch.set" in page and "agent.create" in page
+    assert "&quot;mode&quot;: &quot;disable_writes&quot;" in page  # after
+    assert "&quot;mode&quot;: &quot;off&quot;" in page  # before
+    only = client.get(reverse("audit"), {"action": "run."})
+    assert {e.action for e in only.context["entries"]} == {"run.cancel"}
+    by_actor = client.get(reverse("audit"), {"actor": "olivia"})
+    assert {e.actor for e in by_actor.context["entries"]} == {"user:olivia-oncall"}
+    target = client.get(reverse("audit"), {"target_type": "run", "target_id": str(run["id"])})
+    assert len(target.context["entries"]) == 1
+
+
+def test_the_audit_log_pages_by_id_with_constant_queries(oncall, django_assert_num_queries):
+    for i in range(60):
+        audit_record(actor="system", action="test.thing", target_type="thing", target_id=i)
+    client = logged_in(oncall)
+    client.get(reverse("audit"))
+    # session, user, role, kill switch, nav count, the page
+    with django_assert_num_queries(6):
+        first = client.get(reverse("audit"))
+    assert len(first.context["entries"]) == 50
+    before = first.context["entries"][-1].pk
+    with django_assert_num_queries(6):
+        second = client.get(reverse("audit"), {"before": before})
+    ids = [e.pk for e in first.context["entries"]] + [e.pk for e in second.context["entries"]]
+    assert len(ids) == len(set(ids)) == AuditEntry.objects.count()

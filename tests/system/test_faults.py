@@ -11,7 +11,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,16 +20,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 from django.db import DatabaseError
 
 from agents.client import CONTROL_PLANE_UNAVAILABLE, Budgets, Gateway, Stop
 from agents.models import KillSwitch, Run, ToolCall
 from approvals.models import ApprovalRequest
+from opsconsole.devserver import ConsoleServer, EnvOverrides, child_environment, free_port
 from opsconsole.models import AuditEntry
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 POLICY = """
 tools:
   allow: ["kb.read"]
@@ -44,17 +43,11 @@ BIG_BUDGETS = Budgets(max_steps=100000, max_seconds=86400, max_tool_calls=100000
 RECOVERY_BOUND_SECONDS = 30.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def manage(env: dict[str, str], *args: str, timeout: float = 180) -> str:
+def manage(env: EnvOverrides, *args: str, timeout: float = 180) -> str:
     result = subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
-        env=env,
+        env=child_environment(env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -73,53 +66,17 @@ print(agent_key_issue(agent=agent, actor="system")[1])
 """
 
 
-def prepare_database(env: dict[str, str]) -> str:
+def prepare_database(env: EnvOverrides) -> str:
     """Migrate the gateway's database and create an agent; returns its key."""
     manage(env, "migrate", "--no-input", "-v", "0")
     return manage(env, "shell", "-c", PREPARE.format(policy=POLICY)).strip().splitlines()[-1]
 
 
 @contextlib.contextmanager
-def gateway_server(env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "opsconsole.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--lifespan",
-            "off",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            assert process.poll() is None, "uvicorn exited"
-            assert time.monotonic() < deadline, "uvicorn did not become healthy"
-            time.sleep(0.2)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def gateway_server(env: EnvOverrides, log: Path) -> Iterator[str]:
+    """The gateway under uvicorn; its output goes to ``log`` (quoted if it fails to start)."""
+    with ConsoleServer(env=env, log=log) as server:
+        yield server.url
 
 
 @dataclass
@@ -265,20 +222,20 @@ def own_postgres() -> Iterator[OwnPostgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _gateway_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(
-        {
-            "OPSCONSOLE_DB_POOL_TIMEOUT": "2",
-            "OPSCONSOLE_DB_CONNECT_TIMEOUT": "2",
-            "OPSCONSOLE_RATE_RUNS": "off",
-            "OPSCONSOLE_RATE_TOOL_CALLS": "off",
-            "OPSCONSOLE_EMBEDDED_SCHEDULER": "false",
-            "DJANGO_SETTINGS_MODULE": "opsconsole.settings",
-            **extra,
-        }
-    )
-    return env
+def _gateway_env(**extra: str) -> EnvOverrides:
+    """The gateway processes' environment, as overrides of ours: never the shared database or
+    Redis (``None`` removes a variable) unless ``extra`` names a private one."""
+    return {
+        "DATABASE_URL": None,
+        "REDIS_URL": None,
+        "OPSCONSOLE_DB_POOL_TIMEOUT": "2",
+        "OPSCONSOLE_DB_CONNECT_TIMEOUT": "2",
+        "OPSCONSOLE_RATE_RUNS": "off",
+        "OPSCONSOLE_RATE_TOOL_CALLS": "off",
+        "OPSCONSOLE_EMBEDDED_SCHEDULER": "false",
+        "DJANGO_SETTINGS_MODULE": "opsconsole.settings",
+        **extra,
+    }
 
 
 @pytest.mark.faults
@@ -289,7 +246,7 @@ def test_postgresql_stopped_mid_load_gives_quick_503s_loses_nothing_and_recovers
     env = _gateway_env(DATABASE_URL=database_url, OPSCONSOLE_DATA_DIR=str(tmp_path))
     key = prepare_database(env)
 
-    with gateway_server(env) as base:
+    with gateway_server(env, tmp_path / "uvicorn.log") as base:
         load = Load(base, key)
         workers = load.start()
         load.wait_for_allows(20)
@@ -346,52 +303,6 @@ def test_postgresql_stopped_mid_load_gives_quick_503s_loses_nothing_and_recovers
 # --- Redis stopped mid-load -------------------------------------------------------------------
 
 
-@pytest.fixture
-def own_redis() -> Iterator[tuple[int, callable]]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    processes: list[subprocess.Popen] = []
-
-    def start() -> None:
-        process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        processes.append(process)
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def stop() -> None:
-        processes[-1].terminate()
-        processes[-1].wait(timeout=10)
-
-    start()
-    try:
-        yield port, start, stop
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-
 @pytest.mark.faults
 def test_redis_stopped_mid_load_leaves_decisions_going(own_redis, tmp_path):
     port, start_redis, stop_redis = own_redis
@@ -404,7 +315,7 @@ def test_redis_stopped_mid_load_leaves_decisions_going(own_redis, tmp_path):
     )
     key = prepare_database(env)
 
-    with gateway_server(env) as base:
+    with gateway_server(env, tmp_path / "uvicorn.log") as base:
         load = Load(base, key, threads=2)
         workers = load.start()
         load.wait_for_allows(10)

@@ -1,4 +1,5 @@
-"""The runs list and the run detail page: filters, keyset pages, the trace, stopping a run."""
+"""The runs list and the run detail page (filters, keyset pages, the trace, stopping a run), and
+the overview."""
 
 from __future__ import annotations
 
@@ -11,12 +12,7 @@ from django.utils import timezone
 
 from agents.models import Run, RunStatus, TraceEvent
 from opsconsole.models import AuditEntry
-
-
-def logged_in(person) -> Client:
-    client = Client()
-    client.force_login(person.user)
-    return client
+from tests.conftest import logged_in
 
 
 def bulk_runs(agent, count: int, **fields) -> list[Run]:
@@ -278,3 +274,27 @@ def test_stopping_needs_a_post(oncall, start_run):
 
 def test_stopping_an_unknown_run_is_a_404(oncall):
     assert logged_in(oncall).post(reverse("runs:cancel", args=[999999])).status_code == 404
+
+
+# --- overview ---------------------------------------------------------------------------------
+
+
+def test_the_overview_shows_running_runs_pending_approvals_switch_and_stops(
+    oncall, agent, outsider_agent, start_run
+):
+    running = start_run(task="still going")
+    stopped = start_run(outsider_agent)
+    outsider_agent.api.post_json(
+        f"/api/v1/runs/{stopped['id']}/tool-calls", {"tool": "shell.exec", "args": {}}
+    )
+    page = logged_in(oncall).get(reverse("overview")).content.decode()
+    assert f'href="{reverse("runs:detail", args=[running["id"]])}"' in page
+    assert "<code>tool_denied</code>" in page
+    assert "other-bot" in page.split("most stops")[1]
+    assert "Nothing waits for a reviewer" in page
+    assert Run.objects.count() == 2
+
+
+def test_the_overview_fragment_refreshes_alone(oncall):
+    response = logged_in(oncall).get(reverse("overview"), HTTP_HX_REQUEST="true")
+    assert response.content.decode().lstrip().startswith('<div id="overview-stats"')

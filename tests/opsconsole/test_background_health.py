@@ -21,23 +21,16 @@ from django.urls import reverse
 from django.utils import timezone
 
 from opsconsole import health, scheduler
+from opsconsole.devserver import free_port
 from opsconsole.models import SweepHeartbeat
-from tests import test_faults
-from tests.test_celery_worker import start_worker, stop_worker
-
-own_redis = test_faults.own_redis  # a private redis-server that can be stopped and restarted
+from tests.conftest import logged_in
+from tests.servers import start_worker, stop_worker
 
 STATUS_URL = "/status/"
 # The live probe is bounded at LIVE_PROBE_SECONDS; the whole answer must stay near a second.
 STATUS_BOUND_SECONDS = 1.5
 # The real-worker test's threshold: approval expiry (every 2 s) is behind after 3 missed runs.
 TEST_STALE_SECONDS = 3
-
-
-def logged_in(person) -> Client:
-    client = Client()
-    client.force_login(person.user)
-    return client
 
 
 def fresh_heartbeats(at: datetime | None = None) -> None:
@@ -47,7 +40,7 @@ def fresh_heartbeats(at: datetime | None = None) -> None:
 
 def closed_port() -> int:
     """A port nothing listens on (connections are refused at once)."""
-    return test_faults.free_port()
+    return free_port()
 
 
 # --- who may ask --------------------------------------------------------------------------------
@@ -276,10 +269,7 @@ def wait_for(what: str, check, *, seconds: float, process: subprocess.Popen, log
 def worker(own_redis, tmp_path, transactional_db):
     port, _, _ = own_redis
     log = tmp_path / "worker.log"
-    with log.open("w") as output:
-        process = start_worker(
-            redis_url=f"redis://127.0.0.1:{port}/0", tmp_path=tmp_path, stdout=output
-        )
+    process = start_worker(redis_url=f"redis://127.0.0.1:{port}/0", tmp_path=tmp_path, log=log)
     try:
         yield process, log
     finally:

@@ -254,7 +254,7 @@ def test_rules_that_act_must_name_an_agent_and_every_rule_needs_a_threshold(admi
 @pytest.mark.django_db
 def test_rollups_then_drift_end_to_end_from_raw_runs(agent):
     """The job computes rollups from raw runs, then evaluates rules on them."""
-    from tests.test_monitoring import finished_run
+    from tests.monitoring.test_rollups import finished_run
 
     bot = agent.agent
     rule(bot, name="calls", min_samples=3, z_threshold=None, relative_threshold=1.0)
