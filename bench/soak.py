@@ -250,7 +250,8 @@ def main() -> int:
     import django
 
     django.setup()
-    from agents.demo.fleet import Fleet, prepare
+    from agents.demo.fleet import Fleet
+    from agents.demo.world import prepare
     from agents.registry.services import agent_create, agent_key_issue
 
     world = prepare()

@@ -30,7 +30,7 @@ from django.db import connections
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from agents.client import Budgets, Gateway, Stop
-from agents.demo.fleet import demo_policy_document
+from agents.demo.world import demo_policy_document
 from agents.models import KillSwitch, Run, ToolCall
 from agents.policy import services
 from approvals.models import ApprovalRequest

@@ -10,6 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents.demo import fleet as demo_fleet
+from agents.demo import world as demo_world
 from opsconsole.devserver import ConsoleServer
 
 
@@ -49,7 +50,7 @@ class Command(BaseCommand):
         server = ConsoleServer(port=port)
         agents: demo_fleet.Fleet | None = None
         try:
-            world = demo_fleet.prepare()
+            world = demo_world.prepare()
             self._introduce(world, server.url)
             server.start()
             try:
@@ -85,7 +86,7 @@ class Command(BaseCommand):
                 if remaining <= 0:
                     return
 
-    def _introduce(self, world: demo_fleet.DemoWorld, url: str) -> None:
+    def _introduce(self, world: demo_world.DemoWorld, url: str) -> None:
         self.say("Demo users (new passwords and API tokens at every start):")
         for user in world.users:
             self.say(
