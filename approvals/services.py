@@ -21,7 +21,8 @@ from agents.models import (
     RunStatus,
     ToolCall,
 )
-from agents.policy.document import ToolRule
+from agents.policy.document import ToolRule, kill_switch_turns_off
+from agents.policy.selectors import kill_switch_current, policy_current
 from agents.runs.services import (
     run_broadcast,
     run_event_record,
@@ -114,6 +115,7 @@ def approval_decide(
     if verdict == Verdict.REJECT and not comment:
         raise Invalid("A comment is required to reject.", code="comment_required")
     expired = False
+    switched_off: str | None = None
     with transaction.atomic():
         run, request = _lock(request_id)
         if request.status != ApprovalStatus.PENDING:
@@ -143,7 +145,12 @@ def approval_decide(
                     reason=stop_reasons.for_tool(stop_reasons.APPROVAL_REJECTED, request.tool),
                 )
             elif approvals >= request.reviewers_required:
-                _close(run, request, ApprovalStatus.APPROVED, reason=None)
+                switched_off = _kill_switch_turns_off(request.tool)
+                if switched_off:
+                    # The switch went on while the write waited: approving cannot let it run.
+                    _close(run, request, ApprovalStatus.CANCELLED, reason=stop_reasons.KILL_SWITCH)
+                else:
+                    _close(run, request, ApprovalStatus.APPROVED, reason=None)
             else:
                 broadcast([group_for("approvals")], "approvals.changed", {"id": request.pk})
             audit_record(
@@ -167,7 +174,20 @@ def approval_decide(
             code="expired",
             extra={"status": "expired"},
         )
+    if switched_off:
+        raise Conflict(
+            f"The kill switch ({switched_off}) turns {request.tool} off: the write was not "
+            "allowed, and its run stopped with kill_switch.",
+            code="kill_switch",
+            extra={"status": ApprovalStatus.CANCELLED},
+        )
     return request
+
+
+def _kill_switch_turns_off(tool: str) -> str | None:
+    """The kill switch's mode when it refuses every call of ``tool`` now, else None."""
+    mode = kill_switch_current().mode
+    return mode if kill_switch_turns_off(mode, policy_current().tool_rule(tool)) else None
 
 
 def approval_expire(*, request_id: int) -> bool:

@@ -21,7 +21,7 @@ from agents.models import (
     Decision,
     KillSwitchMode,
 )
-from agents.policy.document import Policy, ToolRule, schema_errors
+from agents.policy.document import Policy, ToolRule, kill_switch_turns_off, schema_errors
 
 
 class RunCounters(Protocol):
@@ -101,16 +101,12 @@ def tool_call_verdict(
         reason, detail = stop_reasons.KILL_SWITCH, "kill switch: stop_all"
     elif not agent_enabled:
         reason = stop_reasons.AGENT_DISABLED
-    elif kill_mode == KillSwitchMode.DISABLE_WRITES and rule.effect == "write":
-        reason, detail = (
-            stop_reasons.KILL_SWITCH,
-            f"kill switch: writes are disabled ({tool} is a write)",
-        )
-    elif kill_mode == KillSwitchMode.DISABLE_EXPENSIVE and rule.expensive:
-        reason, detail = (
-            stop_reasons.KILL_SWITCH,
-            f"kill switch: expensive tools are disabled ({tool})",
-        )
+    elif kill_switch_turns_off(kill_mode, rule):
+        reason = stop_reasons.KILL_SWITCH
+        if kill_mode == KillSwitchMode.DISABLE_WRITES:
+            detail = f"kill switch: writes are disabled ({tool} is a write)"
+        else:
+            detail = f"kill switch: expensive tools are disabled ({tool})"
     elif run.max_seconds is not None and run.seconds > run.max_seconds:
         reason = stop_reasons.MAX_SECONDS
     elif run.tool_calls + 1 > _within(run.max_tool_calls, INT_COLUMN_MAX):

@@ -407,6 +407,18 @@ class ToolRule:
     breaker: dict
 
 
+def kill_switch_turns_off(mode: str, rule: ToolRule) -> bool:
+    """Whether the kill switch in ``mode`` refuses every call of the tool: the gateway's rule
+    (``agents.gateway.decisions``), which the kill switch page shows per mode."""
+    if mode == "stop_all":
+        return True
+    if mode == "disable_writes":
+        return rule.effect == "write"
+    if mode == "disable_expensive":
+        return rule.expensive
+    return False
+
+
 class Policy:
     """A normalised policy document with the lookups the gateway needs."""
 
@@ -471,6 +483,14 @@ class Policy:
 
     def allowed_tools(self, agent_name: str) -> list[str]:
         return [t for t in self.document["tools"]["allow"] if self.is_allowed(t, agent_name)]
+
+    def tools_stopped_by(self, mode: str) -> list[str]:
+        """The allowed tools a kill-switch mode turns off, in the allowlist's order."""
+        return [
+            tool
+            for tool in self.document["tools"]["allow"]
+            if kill_switch_turns_off(mode, self.tool_rule(tool))
+        ]
 
     def ceilings(self, agent_name: str) -> dict[str, Any]:
         """Global ceilings narrowed by the agent's own; None means no limit."""

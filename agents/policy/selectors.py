@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Count, Q
+from django.db.models import Count, Exists, OuterRef, Q
 
 from agents.models import (
     ACTIVE_STATUSES,
@@ -13,7 +13,9 @@ from agents.models import (
     KillSwitchMode,
     PolicyVersion,
     Run,
+    RunStatus,
     ToolBreaker,
+    ToolCall,
 )
 from agents.policy.document import Policy
 from opsconsole.errors import NotFound
@@ -54,36 +56,49 @@ def policy_version_with_previous(*, number: int) -> tuple[PolicyVersion, PolicyV
 
 @dataclass(frozen=True)
 class KillSwitchImpact:
-    """What turning the kill switch to a mode would do, for the confirmation step."""
+    """What turning the kill switch to a mode would do, for the confirmation step.
+
+    ``stop_all`` stops every active run now. The other modes stop no run by themselves: the
+    gateway stops a run with ``kill_switch`` at its next call of a tool the mode turns off
+    (``dark_tools``). Which runs will make such a call is not known in advance; what is known is
+    which active runs have already called one (or wait for approval of one), and those are the
+    ``stopping_runs``.
+    """
 
     mode: str
     active_runs: int
     waiting_runs: int
+    stopping_runs: int
+    stopping_waiting_runs: int
     dark_tools: list[str]
     runs_stop_now: bool
 
+    @property
+    def other_runs(self) -> int:
+        """Active runs that keep running unless they call a tool the mode turns off."""
+        return self.active_runs - self.stopping_runs
+
 
 def kill_switch_impact(*, mode: str) -> KillSwitchImpact:
-    """Computed from the policy in force and the runs active right now."""
-    policy = policy_current()
-    allowed = policy.document["tools"]["allow"]
-    if mode == "stop_all":
-        dark = list(allowed)
-    elif mode == "disable_writes":
-        dark = [tool for tool in allowed if policy.tool_rule(tool).effect == "write"]
-    elif mode == "disable_expensive":
-        dark = [tool for tool in allowed if policy.tool_rule(tool).expensive]
-    else:
-        dark = []
-    counts = Run.objects.filter(status__in=ACTIVE_STATUSES).aggregate(
-        active=Count("id"), waiting=Count("id", filter=Q(status="waiting_approval"))
-    )
+    """Computed from the policy in force and the runs active right now (counted in one query)."""
+    dark = policy_current().tools_stopped_by(mode)
+    waiting = Q(status=RunStatus.WAITING_APPROVAL)
+    totals = {"active": Count("id"), "waiting": Count("id", filter=waiting)}
+    if mode != KillSwitchMode.STOP_ALL and dark:
+        called_dark = Q(Exists(ToolCall.objects.filter(run=OuterRef("pk"), tool__in=dark)))
+        totals["stopping"] = Count("id", filter=called_dark)
+        totals["stopping_waiting"] = Count("id", filter=called_dark & waiting)
+    counts = Run.objects.filter(status__in=ACTIVE_STATUSES).aggregate(**totals)
+    if mode == KillSwitchMode.STOP_ALL:
+        counts["stopping"], counts["stopping_waiting"] = counts["active"], counts["waiting"]
     return KillSwitchImpact(
         mode=mode,
         active_runs=counts["active"],
         waiting_runs=counts["waiting"],
+        stopping_runs=counts.get("stopping", 0),
+        stopping_waiting_runs=counts.get("stopping_waiting", 0),
         dark_tools=dark,
-        runs_stop_now=mode == "stop_all",
+        runs_stop_now=mode == KillSwitchMode.STOP_ALL,
     )
 
 

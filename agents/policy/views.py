@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from agents.models import KillSwitchMode
+from agents.models import KillSwitch, KillSwitchMode
 from agents.monitoring.replay import policy_dry_run
 from agents.policy import selectors, services
 from agents.policy.document import dump_yaml
@@ -264,13 +264,13 @@ def kill_switch(request: HttpRequest) -> HttpResponse:
         form = KillSwitchForm(initial={"mode": switch.mode})
         if request.htmx:
             return render(request, "kill_switch.html#state", {"switch": switch})
-        return render(request, "kill_switch.html", {"switch": switch, "form": form})
+        return _kill_switch_page(request, switch, form)
 
     if not roles.has_role(request.user, roles.ADMIN):
         return render(request, "403.html", {"required_role": roles.ADMIN}, status=403)
     form = KillSwitchForm(request.POST)
     if not form.is_valid():
-        return render(request, "kill_switch.html", {"switch": switch, "form": form}, status=422)
+        return _kill_switch_page(request, switch, form, status=422)
     mode = form.cleaned_data["mode"]
     confirmed = form.cleaned_data["confirmed"]
     stale = confirmed and form.cleaned_data["from_mode"] != switch.mode
@@ -298,6 +298,20 @@ def kill_switch(request: HttpRequest) -> HttpResponse:
         )
     except ServiceError as error:
         form.add_error(None, str(error.detail))
-        return render(request, "kill_switch.html", {"switch": switch, "form": form}, status=422)
+        return _kill_switch_page(request, switch, form, status=422)
     messages.success(request, f"Kill switch set to {mode}.")
     return redirect("kill_switch")
+
+
+def _kill_switch_page(
+    request: HttpRequest, switch: KillSwitch, form: KillSwitchForm, status: int = 200
+) -> HttpResponse:
+    """The page, with the tools of the policy in force that each mode turns off."""
+    policy = selectors.policy_current()
+    mode_tools = {mode: policy.tools_stopped_by(mode) for mode in KillSwitchMode.values}
+    return render(
+        request,
+        "kill_switch.html",
+        {"switch": switch, "form": form, "policy": policy, "mode_tools": mode_tools},
+        status=status,
+    )
