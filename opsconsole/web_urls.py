@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from agents.policy import views as policy_views
 from agents.runs import views as runs_views
@@ -12,6 +14,12 @@ from opsconsole.login import ThrottledLoginView
 
 urlpatterns = [
     path("", runs_views.overview, name="overview"),
+    # Browsers ask for /favicon.ico whatever the page links.
+    path(
+        "favicon.ico",
+        RedirectView.as_view(url=static("favicon.svg"), permanent=True),
+        name="favicon",
+    ),
     path("healthz", views.healthz, name="healthz"),
     path("status/", views.console_status, name="console_status"),
     path("login/", ThrottledLoginView.as_view(), name="login"),

@@ -15,8 +15,11 @@ from datetime import datetime
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-WIDTH, HEIGHT = 720, 220
-LEFT, RIGHT, TOP, BOTTOM = 52, 12, 12, 28
+WIDTH, HEIGHT = 720, 240
+# Room for the axis labels, drawn at 16 units (static/css/monitoring.css .axis) so they stay
+# readable when the chart is scaled down to half a page.
+LEFT, RIGHT, TOP, BOTTOM = 60, 24, 14, 36
+LABEL_BASELINE = HEIGHT - 10
 PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
 
@@ -66,7 +69,7 @@ def _frame(
                 f"{y:.1f}",
                 f"{y:.1f}",
                 LEFT - 6,
-                f"{y + 4:.1f}",
+                f"{y + 5:.1f}",
                 _number(value),
             )
         )
@@ -76,7 +79,7 @@ def _frame(
         format_html(
             '<text class="axis" x="{}" y="{}" text-anchor="middle">{}</text>',
             f"{_x(index, count):.1f}",
-            HEIGHT - 8,
+            LABEL_BASELINE,
             moment.strftime(label_format),
         )
         for index, moment in enumerate(buckets)
@@ -171,7 +174,7 @@ def stacked_bars(
         format_html(
             '<text class="axis" x="{}" y="{}" text-anchor="middle">{}</text>',
             f"{LEFT + (index + 0.5) * slot:.1f}",
-            HEIGHT - 8,
+            LABEL_BASELINE,
             moment.strftime(label_format),
         )
         for index, moment in enumerate(buckets)

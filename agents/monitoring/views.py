@@ -44,10 +44,12 @@ from opsconsole.pages import not_found
 
 LABEL_FORMATS = {BucketSize.HOUR: "%d %H:00", BucketSize.DAY: "%m-%d"}
 # (title, [(rollup field, line label, css class)]) of the percentile charts.
+LATENCY_TITLE = "Tool latency p95 (ms)"
+# The latency chart draws every tool together, then the slowest few tools on their own.
+LATENCY_TOOLS_SHOWN = 4
 LINE_CHARTS = [
     ("Tool calls per run", [("tool_calls_p50", "p50", "p50"), ("tool_calls_p95", "p95", "p95")]),
     ("Tokens per request", [("tokens_p50", "p50", "p50"), ("tokens_p95", "p95", "p95")]),
-    ("Tool latency p95 (ms)", [("latency_p95", "p95", "p95")]),
     ("USD per run (average)", [("usd_avg", "avg", "p50")]),
     (
         "Approval wait (s)",
@@ -88,7 +90,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             for key, rows in board.series
         ],
         "line_charts": [
-            _line_chart(title, lines, board, label_format) for title, lines in LINE_CHARTS
+            *(_line_chart(title, lines, board, label_format) for title, lines in LINE_CHARTS[:2]),
+            _latency_chart(board, label_format),
+            *(_line_chart(title, lines, board, label_format) for title, lines in LINE_CHARTS[2:]),
         ],
         "latest": [
             (key, next((r for r in reversed(rows) if r), None)) for key, rows in board.series
@@ -110,12 +114,47 @@ def _line_chart(title: str, lines: list[tuple[str, str, str]], board, label_form
         for index, (key, rows) in enumerate(board.series)
         for field, label, css in lines
     ]
+    return _chart_context(title, series, board, label_format)
+
+
+def _latency_chart(board, label_format: str):
+    """p95 of every tool's reported latency per series, and of each of the slowest tools."""
+    slowest: dict[str, float] = {}
+    for _key, rows in board.series:
+        for row in rows:
+            for tool, p95 in (row.tool_latency_p95 if row else {}).items():
+                slowest[tool] = max(slowest.get(tool, 0.0), float(p95))
+    tools = sorted(slowest, key=lambda tool: (-slowest[tool], tool))[:LATENCY_TOOLS_SHOWN]
+    series = []
+    for index, (key, rows) in enumerate(board.series):
+        series.append(
+            charts.Series(
+                name=f"{key.label} · every tool p95",
+                values=[_float(row.latency_p95) if row else None for row in rows],
+                css=f"s{index} p95",
+            )
+        )
+        # A compared series draws its tools dashed, in the same colours.
+        dash = " p50" if index else ""
+        series.extend(
+            charts.Series(
+                name=f"{key.label} · {tool} p95",
+                values=[_float(row.tool_latency_p95.get(tool)) if row else None for row in rows],
+                css=f"t{number}{dash}",
+            )
+            for number, tool in enumerate(tools)
+        )
+    return _chart_context(LATENCY_TITLE, series, board, label_format)
+
+
+def _chart_context(title: str, series: list[charts.Series], board, label_format: str):
     return {
         "title": title,
         "svg": charts.line_chart(
             title=title, buckets=board.buckets, series=series, label_format=label_format
         ),
         "legend": [(line.name, line.css) for line in series],
+        "series": series,
     }
 
 

@@ -67,6 +67,7 @@ PUBLIC_PAGES = {
     "login": "the login form",
     "logout": "logging out",
     "healthz": "the load balancer's health check (no data)",
+    "favicon": "the browser tab icon, a redirect to a static file (no data)",
     "metrics": "Prometheus scrape; closed by OPSCONSOLE_METRICS_TOKEN when set",
 }
 
