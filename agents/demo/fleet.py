@@ -70,20 +70,43 @@ def _step(run: Run, pace: Pace, summary: str, tokens_in: int = 900) -> None:
     pace.pause(0.1)
 
 
+def _working(
+    pace: Pace, low: float, high: float, body: Callable[[dict[str, Any]], dict[str, Any]]
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """``body`` as a tool that takes as long as a real one would (scaled like every pause), so
+    the latency the client reports, and the console charts, are not all zero."""
+
+    def tool(args: dict[str, Any]) -> dict[str, Any]:
+        pace.pause(pace.rng.uniform(low, high))
+        return body(args)
+
+    return tool
+
+
 def support_bot(run: Run, pace: Pace, iteration: int) -> None:
     """Well-behaved: search, read one article, answer."""
     _step(run, pace, "search the knowledge base")
     hits = run.tool(
         "search.read",
         {"q": "reset password", "limit": 3},
-        lambda args: {"hits": [{"id": "kb-101", "title": "Resetting your password"}]},
+        _working(
+            pace,
+            0.08,
+            0.25,
+            lambda args: {"hits": [{"id": "kb-101", "title": "Resetting your password"}]},
+        ),
     )
     pace.pause(0.3)
     _step(run, pace, "read the best hit")
     article = run.tool(
         "kb.read",
         {"id": hits["hits"][0]["id"]},
-        lambda args: {"id": args["id"], "text": "Use 'Forgot password' on the login page."},
+        _working(
+            pace,
+            0.03,
+            0.12,
+            lambda args: {"id": args["id"], "text": "Use 'Forgot password' on the login page."},
+        ),
     )
     pace.pause(0.3)
     _step(run, pace, "compose the answer", tokens_in=1500)
@@ -104,7 +127,7 @@ def browser_runaway(run: Run, pace: Pace, iteration: int) -> None:
         run.tool(
             "browser.open",
             {"url": f"https://vendor.example/pricing?attempt={attempt}&cb={pace.rng.random():.6f}"},
-            _vendor_outage_page,
+            _working(pace, 0.15, 0.4, _vendor_outage_page),
         )
         pace.pause(0.15)
 
@@ -116,7 +139,7 @@ def loop_bot(run: Run, pace: Pace, iteration: int) -> None:
         run.tool(
             "search.read",
             {"q": "order status #1042"},
-            lambda args: {"hits": [], "note": "no results"},
+            _working(pace, 0.08, 0.25, lambda args: {"hits": [], "note": "no results"}),
         )
         pace.pause(0.3)
 
@@ -124,7 +147,11 @@ def loop_bot(run: Run, pace: Pace, iteration: int) -> None:
 def mail_bot(run: Run, pace: Pace, iteration: int) -> None:
     """A writer: every write waits in the approvals queue for a reviewer."""
     _step(run, pace, "look up the refund policy")
-    run.tool("kb.read", {"id": "kb-7"}, lambda args: {"id": "kb-7", "text": "Refunds in 5 days."})
+    run.tool(
+        "kb.read",
+        {"id": "kb-7"},
+        _working(pace, 0.03, 0.12, lambda args: {"id": "kb-7", "text": "Refunds in 5 days."}),
+    )
     _step(run, pace, "draft the write")
     if iteration % 2:
         number = 4700 + iteration
@@ -153,6 +180,7 @@ def quote_bot(run: Run, pace: Pace, iteration: int) -> None:
     attempt = 0
 
     def flaky_quote(args: dict[str, Any]) -> dict[str, Any]:
+        pace.pause(pace.rng.uniform(0.2, 0.6))
         if pace.rng.random() < 0.7:
             raise ConnectionError("vendor API timed out")
         return {"vendor": args["vendor"], "sku": args["sku"], "usd": pace.rng.randint(90, 140)}
