@@ -1,6 +1,7 @@
 """Keyset pagination, the one way the console pages a list (never OFFSET).
 
-A list is ordered by the same columns as its index (``(-moment, -id)`` or ``-id``), and the next
+A list is ordered by the same columns as its index (``(-moment, -id)``, ``(-amount, -id)`` or
+``-id``), and the next
 page starts after the last row shown, so the thousandth page costs what the first one does.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, TypeVar
 
 from django.db.models import Q, QuerySet
@@ -49,6 +51,35 @@ class KeysetCursor:
             moment = cls.EPOCH + timedelta(microseconds=int(micros))
             return cls(moment=moment, id=int(ident))
         except (ValueError, OverflowError, OSError):
+            return None
+
+
+@dataclass(frozen=True)
+class AmountCursor:
+    """A position in a list ordered by (an amount, id), such as runs most expensive first."""
+
+    amount: Decimal
+    id: int
+
+    def encode(self) -> str:
+        return f"{self.amount}-{self.id}"
+
+    def smaller_q(self, field: str) -> Q:
+        """Rows after this one in ``(-field, -id)`` order (the index starts at the cursor, as in
+        ``KeysetCursor.older_q``)."""
+        return Q(**{f"{field}__lte": self.amount}) & (
+            Q(**{f"{field}__lt": self.amount}) | Q(**{field: self.amount, "id__lt": self.id})
+        )
+
+    @classmethod
+    def decode(cls, raw: str) -> AmountCursor | None:
+        amount, _, ident = (raw or "").rpartition("-")
+        try:
+            value = Decimal(amount)
+            if not value.is_finite():
+                return None
+            return cls(amount=value, id=int(ident))
+        except (InvalidOperation, ValueError):
             return None
 
 

@@ -42,11 +42,12 @@ def agent_list(request: HttpRequest) -> HttpResponse:
                 return redirect("agents:detail", name=agent.name)
         status = 422
     elif request.htmx:  # the table, refreshed live when an agent or its keys change
-        return render(request, "agents/list.html#table", {"agents": selectors.agent_admin_list()})
+        rows = selectors.agent_admin_list_with_spend()
+        return render(request, "agents/list.html#table", {"rows": rows})
     return render(
         request,
         "agents/list.html",
-        {"agents": selectors.agent_admin_list(), "form": form},
+        {"rows": selectors.agent_admin_list_with_spend(), "form": form},
         status=status,
     )
 
@@ -62,6 +63,7 @@ def _agent_page(request: HttpRequest, name: str, **extra) -> HttpResponse:
         "enable_form": AgentEnableForm(initial={"enabled": "0" if agent.enabled else "1"}),
         "policy_rule": policy.document["agents"].get(agent.name),
         "allowed_tools": policy.allowed_tools(agent.name),
+        "spend": selectors.agent_spend(agent_ids=[agent.pk]).get(agent.pk, selectors.Spend()),
         **extra,
     }
     response = render(request, "agents/detail.html", context, status=status)

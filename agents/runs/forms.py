@@ -38,6 +38,15 @@ class RunFilterForm(forms.Form):
         max_length=200,
         widget=forms.TextInput(attrs={"type": "search", "placeholder": "search tasks"}),
     )
+    tool = forms.CharField(
+        required=False,
+        max_length=200,
+        widget=forms.TextInput(attrs={"placeholder": "any tool, e.g. browser.open"}),
+    )
+    sort = forms.ChoiceField(
+        required=False,
+        choices=[("", "newest first"), ("cost", "most expensive first")],
+    )
 
     def clean_stop_reason(self) -> str:
         value = self.cleaned_data["stop_reason"].strip()
@@ -67,6 +76,8 @@ class RunFilterForm(forms.Form):
             "since": data.get("since"),
             "until": data.get("until"),
             "search": (data.get("q") or "").strip() or None,
+            "tool": (data.get("tool") or "").strip() or None,
+            "sort": data.get("sort") or "newest",
         }
 
 

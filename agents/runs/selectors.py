@@ -4,15 +4,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
-from django.db.models import Count, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 
 from agents import stop_reasons
-from agents.models import ACTIVE_STATUSES, Agent, Run, TraceEvent
+from agents.models import (
+    ACTIVE_STATUSES,
+    Agent,
+    Decision,
+    EventKind,
+    PolicyVersion,
+    Run,
+    ToolBreaker,
+    ToolCall,
+    TraceEvent,
+)
+from agents.policy.document import Policy
+from agents.policy.selectors import policy_current
 from approvals.selectors import approval_pending_summary
 from opsconsole.errors import NotFound
-from opsconsole.pagination import KeysetCursor, keyset_page
+from opsconsole.pagination import AmountCursor, KeysetCursor, keyset_page
 
 
 def run_list(*, agent: str | None = None, status: str | None = None) -> QuerySet[Run]:
@@ -47,10 +61,19 @@ def run_page(
     since: datetime | None = None,
     until: datetime | None = None,
     search: str | None = None,
-    after: KeysetCursor | None = None,
+    tool: str | None = None,
+    sort: str = "newest",
+    after: KeysetCursor | AmountCursor | None = None,
     limit: int = 50,
-) -> tuple[list[Run], KeysetCursor | None]:
-    """One page of runs, newest first, and the cursor of the next page (None on the last)."""
+) -> tuple[list[Run], KeysetCursor | AmountCursor | None]:
+    """One page of runs and the cursor of the next page (None on the last).
+
+    ``sort`` is ``"newest"`` (by start, the default) or ``"cost"`` (most expensive first, by
+    ``(usd, id)``; run_cost_list_idx on PostgreSQL); ``after`` is a cursor of the same order (a
+    ``KeysetCursor`` or an ``AmountCursor``), any other is the first page. ``tool`` keeps the runs
+    that asked for that tool at least once, whatever the decision (toolcall_loop_idx answers the
+    EXISTS for each run from its ``(run, tool)`` prefix).
+    """
     runs = run_list(agent=agent, status=status)
     if stop_reason:
         runs = runs.filter(stop_reason_filter(stop_reason))
@@ -60,12 +83,18 @@ def run_page(
         runs = runs.filter(started_at__lt=until)
     if search:
         runs = runs.filter(task__icontains=search)
-    if after:
+    if tool:
+        runs = runs.filter(Exists(ToolCall.objects.filter(run=OuterRef("pk"), tool=tool)))
+    runs = runs.defer("metadata", "answer", "error", "request_hash")
+    if sort == "cost":
+        runs = runs.order_by("-usd", "-id")
+        if isinstance(after, AmountCursor):
+            runs = runs.filter(after.smaller_q("usd"))
+        return keyset_page(runs, limit=limit, cursor_of=lambda run: AmountCursor(run.usd, run.pk))
+    if isinstance(after, KeysetCursor):
         runs = runs.filter(after.older_q("started_at"))
     return keyset_page(
-        runs.defer("metadata", "answer", "error", "request_hash"),
-        limit=limit,
-        cursor_of=lambda run: KeysetCursor(run.started_at, run.pk),
+        runs, limit=limit, cursor_of=lambda run: KeysetCursor(run.started_at, run.pk)
     )
 
 
@@ -151,3 +180,129 @@ def overview(*, running_limit: int = 10) -> Overview:
         stops_last_day=_by_kind([(reason, day) for reason, day, _ in by_reason]),
         top_stopping_agents=[(name, n) for name, n in top_agents],
     )
+
+
+# --- a run's summary, above its trace -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolSummary:
+    """One tool's calls in a run: allowed, stopped, waiting for approval; counted against the
+    budgets; and what they cost (the policy's price per call plus what results reported)."""
+
+    tool: str
+    allowed: int
+    stopped: int
+    pending: int
+    counted: int
+    usd: Decimal
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    tools: list[ToolSummary]
+    usd: Decimal
+    tools_usd: Decimal
+    seconds: float
+    waiting_seconds: float
+    stop: stop_reasons.StopExplanation | None
+
+    @property
+    def steps_usd(self) -> Decimal:
+        """What the model steps cost: the run's spend less its tools' (never below zero)."""
+        return max(self.usd - self.tools_usd, Decimal("0"))
+
+
+def run_summary(run: Run) -> RunSummary:
+    """Calls per tool and their cost in one aggregate query; the stop explained with the few
+    reads it needs (its trace event, the stopped call, a policy version, the tool's breaker)."""
+    rows = (
+        ToolCall.objects.filter(run=run)
+        .values("tool")
+        .annotate(
+            allowed=Count("id", filter=Q(decision=Decision.ALLOW)),
+            stopped=Count("id", filter=Q(decision=Decision.STOP)),
+            pending=Count("id", filter=Q(decision=Decision.PENDING_APPROVAL)),
+            counted=Count("id", filter=Q(counted=True)),
+            priced=Sum("cost_usd"),
+            reported=Sum("result_usd"),
+        )
+        .order_by("tool")
+    )
+    tools = [
+        ToolSummary(
+            tool=row["tool"],
+            allowed=row["allowed"],
+            stopped=row["stopped"],
+            pending=row["pending"],
+            counted=row["counted"],
+            usd=(row["priced"] or Decimal("0")) + (row["reported"] or Decimal("0")),
+        )
+        for row in rows
+    ]
+    return RunSummary(
+        tools=tools,
+        usd=run.usd,
+        tools_usd=sum((tool.usd for tool in tools), Decimal("0")),
+        seconds=run.seconds,
+        waiting_seconds=run.waiting_seconds,
+        stop=_stop_explained(run, {tool.tool: tool.counted for tool in tools}),
+    )
+
+
+def _stop_explained(run: Run, counted: dict[str, int]) -> stop_reasons.StopExplanation | None:
+    if not run.stop_reason:
+        return None
+    kind = stop_reasons.kind_of(run.stop_reason)
+    stop_event = (
+        TraceEvent.objects.filter(run=run, kind=EventKind.STOP).order_by("-id").only("data").first()
+    )
+    facts: dict[str, Any] = {
+        "agent": run.agent.name,
+        "budgets": run.budgets(),
+        "usage": run.usage(),
+        "detail": str(stop_event.data.get("detail") or "") if stop_event else "",
+        "now": timezone.now(),
+    }
+    if kind in (
+        stop_reasons.MAX_TOOL_CALLS,
+        stop_reasons.APPROVAL_REJECTED,
+        stop_reasons.APPROVAL_TIMEOUT,
+    ):
+        stopped_call = (
+            ToolCall.objects.filter(run=run, decision=Decision.STOP, stop_reason=run.stop_reason)
+            .select_related("approval")
+            .only("tool", "approval__id")
+            .order_by("-id")
+            .first()
+        )
+        if stopped_call is not None:
+            facts["tool"] = stopped_call.tool
+            approval = getattr(stopped_call, "approval", None)
+            facts["approval_id"] = approval.pk if approval is not None else None
+    if kind in stop_reasons.BUDGET_USAGE:
+        # The policy the run ran under: its per-tool caps and whose ceiling the budget was.
+        document = (
+            PolicyVersion.objects.filter(number=run.policy_version)
+            .values_list("document", flat=True)
+            .first()
+        )
+        if document is not None:
+            policy = Policy(run.policy_version, document)
+            if facts.get("tool"):
+                facts["tool_cap"] = policy.tool_rule(facts["tool"]).max_calls_per_run
+                facts["calls_of_tool"] = counted.get(facts["tool"], 0)
+            own = (policy.document["agents"].get(run.agent.name) or {}).get("budgets") or {}
+            facts["budget_is_agents"] = own.get(kind) is not None
+            facts["ceiling_known"] = True
+            facts["ceiling"] = policy.ceilings(run.agent.name).get(kind)
+    if kind == stop_reasons.TOOL_DEGRADED:
+        # When the breaker lets a call through is a question about now: the policy in force.
+        tool = run.stop_reason.partition(":")[2]
+        breaker = ToolBreaker.objects.filter(tool=tool).first()
+        facts["cooldown_seconds"] = policy_current().tool_rule(tool).breaker["cooldown_seconds"]
+        if breaker is not None:
+            facts["breaker_state"] = breaker.state
+            facts["breaker_opened_at"] = breaker.opened_at
+            facts["breaker_trial_calls_left"] = breaker.trial_calls_left
+    return stop_reasons.explain_run(run.stop_reason, stop_reasons.StopFacts(**facts))

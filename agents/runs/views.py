@@ -17,7 +17,7 @@ from opsconsole.audit import actor_name
 from opsconsole.decorators import role_required
 from opsconsole.errors import NotFound, ServiceError
 from opsconsole.pages import int_or_none, not_found, or_404
-from opsconsole.pagination import KeysetCursor
+from opsconsole.pagination import AmountCursor, KeysetCursor
 
 RUN_PAGE_SIZE = 50
 TRACE_PAGE_SIZE = 100
@@ -31,10 +31,10 @@ TRACE_PAGE_SIZE = 100
 def run_list(request: HttpRequest) -> HttpResponse:
     form = RunFilterForm(request.GET)
     form.is_valid()  # invalid filters are shown as errors and left out
-    cursor = KeysetCursor.decode(request.GET.get("after", ""))
-    runs, next_cursor = selectors.run_page(
-        **form.selector_filters(), after=cursor, limit=RUN_PAGE_SIZE
-    )
+    filters = form.selector_filters()
+    cursor_type = AmountCursor if filters["sort"] == "cost" else KeysetCursor
+    cursor = cursor_type.decode(request.GET.get("after", ""))
+    runs, next_cursor = selectors.run_page(**filters, after=cursor, limit=RUN_PAGE_SIZE)
     query = request.GET.copy()
     query.pop("after", None)
     context = {
@@ -77,6 +77,8 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     fragment = request.GET.get("fragment") if request.htmx else None
     if fragment == "events":
         return render(request, "runs/detail.html#events", context)
+    # The summary lives in the header, which live.js re-fetches on every run.updated.
+    context["summary"] = selectors.run_summary(run)
     if fragment == "header":
         return render(request, "runs/detail.html#header", context)
     return render(request, "runs/detail.html", context)
@@ -108,14 +110,9 @@ def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
         "run": run,
         "explanation": stop_reasons.explain(run.stop_reason) if run.stop_reason else None,
         "cancel_form": form,
+        "summary": selectors.run_summary(run),
     }
     return render(request, "runs/detail.html#header", context, status=status)
-
-
-# --- agents (admins) --------------------------------------------------------------------------
-
-
-# --- policy -----------------------------------------------------------------------------------
 
 
 @role_required(roles.ONCALL)

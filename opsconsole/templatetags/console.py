@@ -148,6 +148,15 @@ def run_meters(run) -> list[Meter]:
     return meters_for(run.usage(), run.budgets())
 
 
+@register.filter
+def dollars(amount) -> str:
+    """An amount in US dollars as people read it: cents from a dollar up ($427.60), four places
+    below one ($0.0125, where calls cost fractions of a cent), and $0 for nothing."""
+    if not amount:
+        return "$0"
+    return f"${amount:,.2f}" if abs(amount) >= 1 else f"${amount:.4f}"
+
+
 @register.simple_tag
 def minibars(run) -> SafeString:
     """A run's five usage meters as small bars, for a row of a runs table.

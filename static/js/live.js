@@ -94,6 +94,14 @@
              failed: "Failed", stopped: "Stopped" }[status] || status;
   }
 
+  // The runs list's cost cell, as the server's `dollars` filter writes it.
+  function dollars(value) {
+    var amount = Number(value) || 0;
+    if (amount === 0) return "$0";
+    if (Math.abs(amount) < 1) return "$" + amount.toFixed(4);
+    return "$" + amount.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  }
+
   function onRunUpdated(payload) {
     var id = String(payload.id);
     document.querySelectorAll('[data-run-meters="' + id + '"]').forEach(function (el) {
@@ -111,6 +119,8 @@
       }
       var reason = row.querySelector('[data-field="stop_reason"]');
       if (reason) reason.textContent = payload.stop_reason || "";
+      var usd = row.querySelector('[data-field="usd"]');
+      if (usd && payload.usage) usd.textContent = dollars(payload.usage.usd);
       updateMeters(row, payload);
     } else {
       var table = document.querySelector("[data-live-runs][data-first-page]");
