@@ -16,6 +16,11 @@ class Agent(models.Model):
     description = models.TextField(blank=True)
     enabled = models.BooleanField(default=True)
     disabled_reason = models.TextField(blank=True)
+    # A pause is a disabling by on-call or an admin to contain the agent for now (it shows on
+    # every page until resumed); an admin's disable without a pause is the agent's lasting state.
+    paused = models.BooleanField(default=False)
+    disabled_by = models.CharField(max_length=150, blank=True)
+    disabled_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
@@ -27,9 +32,23 @@ class Agent(models.Model):
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~models.Q(paused=True, enabled=True), name="agent_paused_is_disabled"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def disabled_detail(self) -> str:
+        """Why the agent's calls stop, in the stop's detail: "paused by olivia: reason"."""
+        if self.enabled:
+            return ""
+        verb = "paused" if self.paused else "disabled"
+        who = f" by {self.disabled_by}" if self.disabled_by else ""
+        return f"{verb}{who}: {self.disabled_reason or 'no reason given'}"
 
 
 class AgentKey(models.Model):
@@ -338,10 +357,18 @@ class ToolBreaker(models.Model):
     failure_rate = models.FloatField(default=0.0)
     # Only results reported after this count towards the failure rate (set when it closes).
     window_start = models.DateTimeField(null=True, blank=True)
+    # Degraded by a person: refused until this time whatever its state (NULL or past: not forced).
+    forced_until = models.DateTimeField(null=True, blank=True)
+    forced_reason = models.TextField(blank=True)
+    forced_by = models.CharField(max_length=200, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
         return f"{self.tool}: {self.state}"
+
+    def forced_at(self, now: datetime) -> bool:
+        """Whether a person's degrade holds the breaker open at ``now``."""
+        return self.forced_until is not None and self.forced_until > now
 
 
 # --- monitoring: rollups, drift rules and alerts, golden runs (see agents/monitoring.py) -------

@@ -100,8 +100,8 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
         "See the kill switch page for who turned it on and why.",
     ),
     AGENT_DISABLED: (
-        "An admin disabled this agent.",
-        "Ask the admin who disabled it (audit log) before enabling it again.",
+        "This agent was paused (on-call or an admin) or disabled (an admin).",
+        "The detail says who and why; ask them before resuming or enabling it again.",
     ),
     CANCELLED: (
         "An operator stopped this run from the console.",

@@ -1,7 +1,8 @@
-"""What every console page's chrome needs: the user's role, the kill switch, the queue size.
+"""What every console page's chrome needs: the user's role, the kill switch, the queue size,
+the paused agents.
 
-The kill switch and the approvals count are read by the apps that own them, named in
-``OPSCONSOLE_CONSOLE_STATE`` (settings), so this lower layer imports no app.
+The kill switch, the approvals count and the paused agents are read by the apps that own them,
+named in ``OPSCONSOLE_CONSOLE_STATE`` (settings), so this lower layer imports no app.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ class ConsoleState:
     can_admin: bool
     kill_switch: Any  # agents.models.KillSwitch, or None for a visitor without a role
     pending_approvals: int
+    # The tools a person degraded, until when (agents.models.ToolBreaker rows).
+    degraded_tools: tuple[Any, ...] = ()
+    # The paused agents, who paused them, why and when (agents.models.Agent rows).
+    paused_agents: tuple[Any, ...] = ()
 
 
 _ANONYMOUS = ConsoleState(None, False, False, False, False, None, 0)
@@ -38,7 +43,7 @@ def _read(name: str) -> Any:
 
 
 def console_state(request: HttpRequest) -> ConsoleState:
-    """Computed once per request (two small queries) and cached on the request."""
+    """Computed once per request (four small queries) and cached on the request."""
     cached = getattr(request, "_console_state", None)
     if cached is not None:
         return cached
@@ -54,6 +59,8 @@ def console_state(request: HttpRequest) -> ConsoleState:
             can_admin=roles.has_role(user, roles.ADMIN),
             kill_switch=_read("kill_switch")(),
             pending_approvals=_read("pending_approvals")(),
+            degraded_tools=tuple(_read("degraded_tools")()),
+            paused_agents=tuple(_read("paused_agents")()),
         )
     request._console_state = state  # type: ignore[attr-defined]
     return state

@@ -22,6 +22,10 @@ EVENTS = (
     "kill_switch.changed",
     "budget.crossed_80",
     "drift.alert",
+    "tool.degraded",
+    "tool.restored",
+    "agent.paused",
+    "agent.resumed",
 )
 
 

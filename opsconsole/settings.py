@@ -355,6 +355,8 @@ OPSCONSOLE_BEARER_KEYS = {
 OPSCONSOLE_CONSOLE_STATE = {
     "kill_switch": "agents.policy.selectors.kill_switch_current",
     "pending_approvals": "approvals.selectors.approval_pending_count",
+    "paused_agents": "agents.registry.selectors.paused_agents",
+    "degraded_tools": "agents.tools.selectors.degraded_tools",
 }
 # Celery task modules inside the apps' packages (autodiscovery finds only <app>/tasks.py).
 CELERY_IMPORTS = ["agents.gateway.tasks", "agents.monitoring.tasks"]

@@ -27,6 +27,7 @@ urlpatterns = [
     path("runs/", include("agents.runs.urls")),
     path("agents/", include("agents.registry.urls")),
     path("policy/", include("agents.policy.urls")),
+    path("tools/", include("agents.tools.urls")),
     path("approvals/", include("approvals.urls")),
     path("kill-switch/", policy_views.kill_switch, name="kill_switch"),
     path("audit/", views.audit, name="audit"),

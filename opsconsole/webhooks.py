@@ -149,6 +149,16 @@ def summary(event: str, payload: dict[str, Any]) -> str:
         return f"Drift: {payload.get('metric')} of {payload.get('agent') or 'every agent'} is {payload.get('value')} (baseline {payload.get('baseline_mean')}; rule {payload.get('rule')}) {payload.get('action_taken') or ''}".strip()
     if event == "budget.crossed_80":
         return f"Run {payload.get('run')} of {payload.get('agent')} passed 80% of {payload.get('budget')}"
+    if event == "agent.paused":
+        return (
+            f"Agent {payload.get('agent')} paused by {payload.get('by')}: {payload.get('reason')}"
+        )
+    if event == "agent.resumed":
+        return f"Agent {payload.get('agent')} resumed by {payload.get('by')}"
+    if event == "tool.degraded":
+        return f"Tool {payload.get('tool')} degraded until {payload.get('until')} by {payload.get('by')}: {payload.get('reason')}"
+    if event == "tool.restored":
+        return f"Tool {payload.get('tool')} restored by {payload.get('by')}"
     return event
 
 

@@ -3,7 +3,7 @@ and update the breaker from each reported result. Called in the gateway's transa
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.utils import timezone
 
@@ -17,8 +17,14 @@ from opsconsole.live import broadcast, group_for
 
 
 def breaker_admit(tool: str, rule: ToolRule) -> tuple[ToolBreaker | None, bool]:
-    """Returns (locked breaker or None, degraded?). An open breaker turns half-open after its cool-down."""
+    """Returns (locked breaker or None, degraded?). An open breaker turns half-open after its cool-down.
+
+    A person's degrade (``forced_until`` in the future) refuses the call whatever the state, and
+    leaves the state alone: when it ends or is lifted, the breaker goes on as it was. It is read
+    from the row this already locks, so the allowed path pays no query for it."""
     breaker = ToolBreaker.objects.select_for_update().filter(tool=tool).first()
+    if breaker is not None and breaker.forced_at(timezone.now()):
+        return breaker, True
     if breaker is None or breaker.state == BreakerState.CLOSED:
         return breaker, False
     if breaker.state == BreakerState.OPEN:
@@ -72,3 +78,43 @@ def breaker_record(tool: str, ok: bool, rule: ToolRule) -> None:
         _broadcast_breaker(breaker)
     else:
         breaker.save(update_fields=["failure_rate", "updated_at"])
+
+
+def breaker_forced_detail(breaker: ToolBreaker | None) -> str | None:
+    """The stop detail of a call refused by a person's degrade (None if it was not forced)."""
+    if breaker is None or breaker.forced_until is None or not breaker.forced_at(timezone.now()):
+        return None
+    until = breaker.forced_until.astimezone(UTC)
+    return f"degraded by {breaker.forced_by} until {until:%Y-%m-%d %H:%M:%S} UTC: {breaker.forced_reason}"
+
+
+def breaker_force(*, tool: str, until: datetime, reason: str, by: str) -> tuple[ToolBreaker, dict]:
+    """Hold the tool's breaker open until ``until`` (in the caller's transaction); returns the
+    breaker and what its degrade was before (for the audit)."""
+    ToolBreaker.objects.get_or_create(tool=tool)
+    breaker = ToolBreaker.objects.select_for_update().get(tool=tool)
+    before = _forced_fields(breaker)
+    breaker.forced_until, breaker.forced_reason, breaker.forced_by = until, reason, by
+    breaker.save(update_fields=["forced_until", "forced_reason", "forced_by", "updated_at"])
+    _broadcast_breaker(breaker)
+    return breaker, before
+
+
+def breaker_unforce(*, tool: str) -> tuple[ToolBreaker | None, dict]:
+    """End a person's degrade now (in the caller's transaction); None if the tool has no breaker."""
+    breaker = ToolBreaker.objects.select_for_update().filter(tool=tool).first()
+    if breaker is None:
+        return None, {}
+    before = _forced_fields(breaker)
+    breaker.forced_until, breaker.forced_reason, breaker.forced_by = None, "", ""
+    breaker.save(update_fields=["forced_until", "forced_reason", "forced_by", "updated_at"])
+    _broadcast_breaker(breaker)
+    return breaker, before
+
+
+def _forced_fields(breaker: ToolBreaker) -> dict:
+    return {
+        "forced_until": breaker.forced_until.isoformat() if breaker.forced_until else None,
+        "forced_reason": breaker.forced_reason,
+        "forced_by": breaker.forced_by,
+    }

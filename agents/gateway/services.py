@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents import stop_reasons
-from agents.gateway.breakers import breaker_admit, breaker_record
+from agents.gateway.breakers import breaker_admit, breaker_forced_detail, breaker_record
 from agents.gateway.budgets import budget_crossings_notify, effective_budgets, usage_fractions
 from agents.gateway.decisions import (
     args_errors,
@@ -103,7 +103,7 @@ def run_start(
                 )
             if not agent.enabled:
                 raise Conflict(
-                    "This agent is disabled.",
+                    f"This agent is {agent.disabled_detail}.",
                     code="run_refused",
                     extra={"stop_reason": stop_reasons.AGENT_DISABLED},
                 )
@@ -196,7 +196,10 @@ def step_record(
         }
         run_event_record(run, EventKind.STEP, data)
         if reason is not None:
-            _stop(run, reason, f"step {run.steps + 1} refused")
+            refused = f"step {run.steps + 1} refused"
+            if reason == stop_reasons.AGENT_DISABLED:
+                refused += f": the agent is {agent.disabled_detail}"
+            _stop(run, reason, refused)
             return StepOutcome(Decision.STOP, reason, run)
         before = usage_fractions(run)
         run.steps += 1
@@ -340,6 +343,10 @@ def _decide(
         invalid_args=invalid_args,
     )
     rule, reason, detail = verdict.rule, verdict.stop_reason, verdict.detail
+    if reason is not None and (forced := breaker_forced_detail(breaker)):
+        detail = forced  # a person degraded the tool: say who, until when and why
+    if reason == stop_reasons.AGENT_DISABLED:
+        detail = agent.disabled_detail  # "paused by <who>: <why>"
 
     now = timezone.now()
     if reason is not None:
@@ -531,6 +538,8 @@ def run_finish(*, agent: Agent, run_id: int, status: str, answer: str = "", erro
         if reason is None:
             return _finish(run, status=status, answer=answer, error=error)
         detail = f"the agent's finish ({status}) was refused"
+        if reason == stop_reasons.AGENT_DISABLED:
+            detail += f" (the agent is {agent.disabled_detail})"
         _stop(run, reason, f"{detail}: {error[:2000]}" if error else detail)
     raise Conflict(
         f"The run was stopped with {reason} instead of finishing {status}.",

@@ -181,3 +181,29 @@ def stacked_bars(
         if index % max(1, math.ceil(count / 8)) == 0
     )
     return mark_safe(frame.replace("</svg>", labels + "</svg>"))
+
+
+SPARK_WIDTH, SPARK_HEIGHT = 120, 24
+
+
+def sparkline(values: Sequence[float], *, title: str) -> SafeString:
+    """A small trend line for a table cell, oldest value first, scaled to its own maximum (a
+    flat line on the floor is no activity). The ``title`` says what it shows, with the numbers."""
+    top = max(values, default=0) or 1
+    count = len(values)
+    step = (SPARK_WIDTH - 2) / max(count - 1, 1)
+    points = " ".join(
+        f"{1 + index * step:.1f},{SPARK_HEIGHT - 1 - (SPARK_HEIGHT - 2) * value / top:.1f}"
+        for index, value in enumerate(values)
+    )
+    return format_html(
+        '<svg class="sparkline" viewBox="0 0 {} {}" width="{}" height="{}" role="img"'
+        ' aria-label="{}"><title>{}</title><polyline class="spark" points="{}"/></svg>',
+        SPARK_WIDTH,
+        SPARK_HEIGHT,
+        SPARK_WIDTH,
+        SPARK_HEIGHT,
+        title,
+        title,
+        points,
+    )

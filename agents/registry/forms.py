@@ -32,3 +32,10 @@ class AgentEnableForm(forms.Form):
         if data.get("enabled") is False and not (data.get("reason") or "").strip():
             self.add_error("reason", "Say why the agent is disabled; its runs will stop.")
         return data
+
+
+class AgentPauseForm(forms.Form):
+    reason = forms.CharField(
+        max_length=2000,
+        error_messages={"required": "Say why the agent is paused; its runs will stop."},
+    )

@@ -6,13 +6,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
-from django.db.models import Prefetch, Q, Sum
+from django.db.models import Count, Prefetch, Q, Sum
 from django.utils import timezone
 
+from agents import stop_reasons
 from agents.models import (
     Agent,
     AgentKey,
     Run,
+    ToolCall,
 )
 from opsconsole.errors import NotFound
 
@@ -70,3 +72,57 @@ def agent_get(*, name: str) -> Agent:
     if agent is None:
         raise NotFound(f"No agent {name!r}.")
     return agent
+
+
+def paused_agents() -> list[Agent]:
+    """The paused agents, oldest pause first, for the banner on every page (one query)."""
+    return list(
+        Agent.objects.filter(paused=True)
+        .order_by("disabled_at", "name")
+        .only("name", "disabled_by", "disabled_reason", "disabled_at", "enabled", "paused")
+    )
+
+
+RATE_MINUTES = 15
+RECENT = 10
+
+
+@dataclass(frozen=True)
+class AgentActivity:
+    """What on-call reads on an agent's page: how fast it calls, how its runs stopped, and its
+    latest runs and calls."""
+
+    calls_per_minute: float
+    stop_mix: list[tuple[str, int]]
+    recent_runs: list[Run]
+    recent_calls: list[ToolCall]
+
+
+def agent_activity(*, agent: Agent) -> AgentActivity:
+    """Four queries, whatever the agent's history. Like ``agent_spend``, it reads the runs the
+    agent started in the last day (run_agent_list_idx): a run is bounded by max_seconds, so older
+    runs make no calls now."""
+    now = timezone.now()
+    day_ago = now - timedelta(days=1)
+    todays_runs = Run.objects.filter(agent=agent, started_at__gte=day_ago)
+    calls = ToolCall.objects.filter(run__in=todays_runs.values("pk"))
+    recent_count = calls.filter(created_at__gte=now - timedelta(minutes=RATE_MINUTES)).count()
+    mix: dict[str, int] = {}
+    for reason, count in (
+        todays_runs.exclude(stop_reason="")
+        .values_list("stop_reason")
+        .annotate(n=Count("id"))
+        .order_by()
+    ):
+        kind = stop_reasons.kind_of(reason)
+        mix[kind] = mix.get(kind, 0) + count
+    return AgentActivity(
+        calls_per_minute=recent_count / RATE_MINUTES,
+        stop_mix=sorted(mix.items(), key=lambda item: (-item[1], item[0])),
+        recent_runs=list(Run.objects.filter(agent=agent).order_by("-started_at", "-id")[:RECENT]),
+        recent_calls=list(
+            calls.only(
+                "id", "run_id", "tool", "decision", "stop_reason", "detail", "created_at"
+            ).order_by("-created_at", "-id")[:RECENT]
+        ),
+    )

@@ -18,6 +18,7 @@ from opsconsole import keys
 from opsconsole.audit import audit_record
 from opsconsole.errors import Conflict, Invalid, NotFound
 from opsconsole.live import broadcast, group_for
+from opsconsole.notifications import notify
 
 AGENT_NAME = re.compile(r"[-a-zA-Z0-9_]{1,100}")
 
@@ -106,8 +107,13 @@ def agent_set_enabled(*, agent: Agent, enabled: bool, actor: str, reason: str = 
             return agent
         before = {"enabled": agent.enabled}
         agent.enabled = enabled
+        agent.paused = False
         agent.disabled_reason = "" if enabled else reason
-        agent.save(update_fields=["enabled", "disabled_reason"])
+        agent.disabled_by = "" if enabled else actor.removeprefix("user:")
+        agent.disabled_at = None if enabled else timezone.now()
+        agent.save(
+            update_fields=["enabled", "paused", "disabled_reason", "disabled_by", "disabled_at"]
+        )
         audit_record(
             actor=actor,
             action="agent.enable" if enabled else "agent.disable",
@@ -116,6 +122,73 @@ def agent_set_enabled(*, agent: Agent, enabled: bool, actor: str, reason: str = 
             reason=reason,
             before=before,
             after={"enabled": enabled},
+        )
+        _broadcast_agent(agent.name)
+    return agent
+
+
+def agent_pause(*, agent: Agent, actor: str, by: str, reason: str) -> Agent:
+    """Contain an agent now (on-call and up): it is disabled with ``by`` and ``reason``, so its
+    runs stop with ``agent_disabled`` at their next call ("paused by <by>: <reason>") and new runs
+    are refused. Audited and sent to webhooks (``agent.paused``); pausing a disabled agent is a
+    no-op, so a double click or a second person changes nothing."""
+    reason = reason.strip()
+    if not reason:
+        raise Invalid("Say why the agent is paused; its runs will stop.", code="reason_required")
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update().get(pk=agent.pk)
+        if not agent.enabled:
+            return agent
+        now = timezone.now()
+        agent.enabled, agent.paused = False, True
+        agent.disabled_reason, agent.disabled_by, agent.disabled_at = reason, by, now
+        agent.save(
+            update_fields=["enabled", "paused", "disabled_reason", "disabled_by", "disabled_at"]
+        )
+        audit_record(
+            actor=actor,
+            action="agent.pause",
+            target_type="agent",
+            target_id=agent.name,
+            reason=reason,
+            before={"enabled": True},
+            after={"enabled": False, "paused": True},
+        )
+        notify(
+            event="agent.paused",
+            key=f"agent.paused:{agent.pk}:{now.isoformat()}",
+            payload={"agent": agent.name, "by": by, "reason": reason, "at": now.isoformat()},
+        )
+        _broadcast_agent(agent.name)
+    return agent
+
+
+def agent_resume(*, agent: Agent, actor: str, by: str) -> Agent:
+    """Lift a pause (on-call and up). Only a paused agent resumes: an agent an admin disabled
+    stays disabled until an admin enables it."""
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update().get(pk=agent.pk)
+        if not agent.paused:
+            return agent
+        before = {"enabled": False, "paused": True, "reason": agent.disabled_reason}
+        agent.enabled, agent.paused = True, False
+        agent.disabled_reason, agent.disabled_by, agent.disabled_at = "", "", None
+        agent.save(
+            update_fields=["enabled", "paused", "disabled_reason", "disabled_by", "disabled_at"]
+        )
+        audit_record(
+            actor=actor,
+            action="agent.resume",
+            target_type="agent",
+            target_id=agent.name,
+            before=before,
+            after={"enabled": True, "paused": False},
+        )
+        now = timezone.now()
+        notify(
+            event="agent.resumed",
+            key=f"agent.resumed:{agent.pk}:{now.isoformat()}",
+            payload={"agent": agent.name, "by": by, "at": now.isoformat()},
         )
         _broadcast_agent(agent.name)
     return agent

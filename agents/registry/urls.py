@@ -14,4 +14,6 @@ urlpatterns = [
     path("<slug:name>/", views.agent_detail, name="detail"),
     path("<slug:name>/keys", views.agent_key_issue, name="key_issue"),
     path("<slug:name>/enabled", views.agent_set_enabled, name="set_enabled"),
+    path("<slug:name>/pause", views.agent_pause, name="pause"),
+    path("<slug:name>/resume", views.agent_resume, name="resume"),
 ]

@@ -1,5 +1,5 @@
-"""Agents pages (admins): the list, one agent, its keys, enable and disable. Thin: check the
-role, validate, call one service."""
+"""Agents pages: the list, keys, enable and disable (admins); one agent's page, pause and resume
+(on-call and up). Thin: check the role, validate, call one service."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from agents.models import AgentKey
 from agents.policy import selectors as policy_selectors
 from agents.registry import selectors, services
-from agents.registry.forms import AgentCreateForm, AgentEnableForm, KeyIssueForm
+from agents.registry.forms import (
+    AgentCreateForm,
+    AgentEnableForm,
+    AgentPauseForm,
+    KeyIssueForm,
+)
 from opsconsole import roles
 from opsconsole.audit import actor_name
 from opsconsole.decorators import role_required
@@ -58,12 +63,15 @@ def _agent_page(request: HttpRequest, name: str, **extra) -> HttpResponse:
     policy = policy_selectors.policy_current()
     context = {
         "agent": agent,
-        "keys": agent.keys.order_by("-created_at", "-id"),
         "key_form": KeyIssueForm(),
         "enable_form": AgentEnableForm(initial={"enabled": "0" if agent.enabled else "1"}),
+        "pause_form": AgentPauseForm(),
         "policy_rule": policy.document["agents"].get(agent.name),
         "allowed_tools": policy.allowed_tools(agent.name),
         "spend": selectors.agent_spend(agent_ids=[agent.pk]).get(agent.pk, selectors.Spend()),
+        "activity": selectors.agent_activity(agent=agent),
+        # Lazy: only an admin's page (console.can_admin) reads the keys.
+        "keys": agent.keys.order_by("-created_at", "-id"),
         **extra,
     }
     response = render(request, "agents/detail.html", context, status=status)
@@ -73,7 +81,7 @@ def _agent_page(request: HttpRequest, name: str, **extra) -> HttpResponse:
     return response
 
 
-@role_required(roles.ADMIN)
+@role_required(roles.ONCALL)
 @require_GET
 def agent_detail(request: HttpRequest, name: str) -> HttpResponse:
     return _agent_page(request, name)
@@ -124,4 +132,40 @@ def agent_set_enabled(request: HttpRequest, name: str) -> HttpResponse:
         if enabled
         else f"Agent {name} disabled: its runs stop with agent_disabled at their next call.",
     )
+    return redirect("agents:detail", name=name)
+
+
+@role_required(roles.ONCALL)
+@require_POST
+def agent_pause(request: HttpRequest, name: str) -> HttpResponse:
+    """Containment without an admin: the agent's runs stop at their next call."""
+    agent = or_404(selectors.agent_get, name=name)
+    form = AgentPauseForm(request.POST)
+    if not form.is_valid():
+        return _agent_page(request, name, pause_form=form, status=422)
+    services.agent_pause(
+        agent=agent,
+        reason=form.cleaned_data["reason"],
+        actor=actor_name(request.user),
+        by=request.user.get_username(),
+    )
+    messages.success(
+        request,
+        f"Agent {name} paused: its runs stop with agent_disabled at their next call, "
+        "and it cannot start new runs until resumed.",
+    )
+    return redirect("agents:detail", name=name)
+
+
+@role_required(roles.ONCALL)
+@require_POST
+def agent_resume(request: HttpRequest, name: str) -> HttpResponse:
+    agent = or_404(selectors.agent_get, name=name)
+    agent = services.agent_resume(
+        agent=agent, actor=actor_name(request.user), by=request.user.get_username()
+    )
+    if agent.enabled:
+        messages.success(request, f"Agent {name} resumed: it may start runs again.")
+    else:
+        messages.error(request, f"Agent {name} is disabled by an admin, not paused.")
     return redirect("agents:detail", name=name)

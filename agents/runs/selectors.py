@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from agents import stop_reasons
@@ -24,6 +25,7 @@ from agents.models import (
 )
 from agents.policy.document import Policy
 from agents.policy.selectors import policy_current
+from agents.registry.selectors import agent_spend
 from approvals.selectors import approval_pending_summary
 from opsconsole.errors import NotFound
 from opsconsole.pagination import AmountCursor, KeysetCursor, keyset_page
@@ -179,6 +181,148 @@ def overview(*, running_limit: int = 10) -> Overview:
         stops_last_hour=_by_kind([(reason, hour) for reason, _, hour in by_reason]),
         stops_last_day=_by_kind([(reason, day) for reason, day, _ in by_reason]),
         top_stopping_agents=[(name, n) for name, n in top_agents],
+    )
+
+
+# --- who is generating load, on the overview -----------------------------------------------------
+
+LOAD_TREND_MINUTES = 30
+
+
+@dataclass(frozen=True)
+class LoadRow:
+    """An agent's or a tool's load now: calls and stops (``decision == "stop"``: denials, caps,
+    breakers) in the last minute and the last hour, what its tool calls cost in the last hour
+    (the policy's price plus what results reported), and calls per minute over the last
+    ``LOAD_TREND_MINUTES`` minutes, oldest first. ``usd_last_day`` is an agent's spend of the
+    runs it started in the last day (model steps included); None for a tool."""
+
+    name: str
+    calls_per_minute: int
+    stops_per_minute: int
+    calls_last_hour: int
+    stops_last_hour: int
+    usd_last_hour: Decimal
+    usd_last_day: Decimal | None
+    trend: list[int]
+
+
+@dataclass(frozen=True)
+class LoadRanking:
+    agents: list[LoadRow]
+    tools: list[LoadRow]
+
+
+@dataclass
+class _LoadTally:
+    calls_per_minute: int = 0
+    stops_per_minute: int = 0
+    calls_last_hour: int = 0
+    stops_last_hour: int = 0
+    usd_last_hour: Decimal = Decimal("0")
+    trend: list[int] | None = None
+
+    def add(
+        self,
+        *,
+        calls: int,
+        stops: int,
+        recent: int,
+        recent_stops: int,
+        usd: Decimal,
+        minute_index: int,
+    ) -> None:
+        self.calls_per_minute += recent
+        self.stops_per_minute += recent_stops
+        self.calls_last_hour += calls
+        self.stops_last_hour += stops
+        self.usd_last_hour += usd
+        if self.trend is None:
+            self.trend = [0] * LOAD_TREND_MINUTES
+        if 0 <= minute_index < LOAD_TREND_MINUTES:
+            self.trend[minute_index] += calls
+
+
+def _ranked(
+    tallies: dict[str, _LoadTally], usd_last_day: dict[str, Decimal] | None, limit: int
+) -> list[LoadRow]:
+    rows = [
+        LoadRow(
+            name=name,
+            calls_per_minute=tally.calls_per_minute,
+            stops_per_minute=tally.stops_per_minute,
+            calls_last_hour=tally.calls_last_hour,
+            stops_last_hour=tally.stops_last_hour,
+            usd_last_hour=tally.usd_last_hour,
+            usd_last_day=None if usd_last_day is None else usd_last_day.get(name, Decimal("0")),
+            trend=tally.trend or [0] * LOAD_TREND_MINUTES,
+        )
+        for name, tally in tallies.items()
+    ]
+    rows.sort(
+        key=lambda row: (-row.usd_last_hour, -row.calls_per_minute, -row.calls_last_hour, row.name)
+    )
+    return rows[:limit]
+
+
+def load_ranking(*, now: datetime, limit: int = 10) -> LoadRanking:
+    """Agents and tools with a tool call in the last hour, costliest first: by USD in the last
+    hour, then calls in the last minute. Two queries whatever the load: the last hour's calls
+    grouped by agent, tool and minute (toolcall_created_idx finds them), and the ranked agents'
+    spend over the last day (``agent_spend``)."""
+    hour_ago, minute_ago = now - timedelta(hours=1), now - timedelta(minutes=1)
+    this_minute = now.replace(second=0, microsecond=0)
+    stopped = Q(decision=Decision.STOP)
+    rows = (
+        ToolCall.objects.filter(created_at__gt=hour_ago, created_at__lte=now)
+        .annotate(minute=TruncMinute("created_at"))
+        .values_list("run__agent_id", "run__agent__name", "tool", "minute")
+        .annotate(
+            calls=Count("id"),
+            stops=Count("id", filter=stopped),
+            recent=Count("id", filter=Q(created_at__gt=minute_ago)),
+            recent_stops=Count("id", filter=stopped & Q(created_at__gt=minute_ago)),
+            priced=Sum("cost_usd"),
+            reported=Sum("result_usd"),
+        )
+        .order_by()
+    )
+    by_agent: dict[str, _LoadTally] = {}
+    by_tool: dict[str, _LoadTally] = {}
+    agent_ids: dict[int, str] = {}
+    for (
+        agent_id,
+        agent_name,
+        tool,
+        minute,
+        calls,
+        stops,
+        recent,
+        recent_stops,
+        priced,
+        reported,
+    ) in rows:
+        agent_ids[agent_id] = agent_name
+        minutes_ago = int((this_minute - minute).total_seconds() // 60)
+        figures = {
+            "calls": calls,
+            "stops": stops,
+            "recent": recent,
+            "recent_stops": recent_stops,
+            "usd": (priced or Decimal("0")) + (reported or Decimal("0")),
+            "minute_index": LOAD_TREND_MINUTES - 1 - minutes_ago,
+        }
+        by_agent.setdefault(agent_name, _LoadTally()).add(**figures)
+        by_tool.setdefault(tool, _LoadTally()).add(**figures)
+    if not agent_ids:
+        return LoadRanking(agents=[], tools=[])
+    spend = agent_spend(agent_ids=list(agent_ids))
+    usd_last_day = {
+        name: spend[agent_id].last_day for agent_id, name in agent_ids.items() if agent_id in spend
+    }
+    return LoadRanking(
+        agents=_ranked(by_agent, usd_last_day, limit),
+        tools=_ranked(by_tool, None, limit),
     )
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.safestring import SafeString
 from django.views.decorators.http import require_GET, require_POST
 
 from agents import stop_reasons
 from agents.gateway import services as gateway_services
+from agents.monitoring import charts
 from agents.policy.selectors import kill_switch_current
 from agents.runs import selectors
 from agents.runs.forms import CancelRunForm, RunFilterForm
@@ -118,7 +123,27 @@ def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
 @role_required(roles.ONCALL)
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
-    context = {"overview": selectors.overview(), "kill_switch": kill_switch_current()}
+    """The landing page; htmx refreshes its two live parts apart: the load ranking
+    (``?fragment=ranking``, on every run.updated, at most once a second) and the stats."""
+    fragment = request.GET.get("fragment") if request.htmx else None
+    context: dict[str, Any] = {}
+    if fragment == "ranking" or not request.htmx:
+        ranking = selectors.load_ranking(now=timezone.now())
+        minutes = selectors.LOAD_TREND_MINUTES
+
+        def with_trend(row: selectors.LoadRow) -> tuple[selectors.LoadRow, SafeString]:
+            title = f"{row.name}: calls a minute over the last {minutes} minutes: {row.trend}"
+            return row, charts.sparkline(row.trend, title=title)
+
+        context |= {
+            "ranking": ranking,
+            "ranked_agents": [with_trend(row) for row in ranking.agents],
+            "ranked_tools": [with_trend(row) for row in ranking.tools],
+            "trend_minutes": minutes,
+        }
+        if fragment == "ranking":
+            return render(request, "overview.html#ranking", context)
+    context |= {"overview": selectors.overview(), "kill_switch": kill_switch_current()}
     if request.htmx:
         return render(request, "overview.html#stats", context)
     return render(request, "overview.html", context)

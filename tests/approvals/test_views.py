@@ -270,12 +270,13 @@ def test_the_queue_costs_the_same_queries_for_1_or_8_requests(
     client = logged_in(reviewer)
     pending()
     client.get(reverse("approvals:queue"))
-    # session, user, role, kill switch, nav count, requests, decisions, trace context, page count
-    with django_assert_num_queries(9):
+    # session, user, role, kill switch, nav count, degraded tools, paused agents, requests,
+    # decisions, trace context, page count
+    with django_assert_num_queries(11):
         client.get(reverse("approvals:queue"))
     for _ in range(7):
         pending()
-    with django_assert_num_queries(9):
+    with django_assert_num_queries(11):
         response = client.get(reverse("approvals:queue"))
     assert len(response.context["approvals"]) == 8
 

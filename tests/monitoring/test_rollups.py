@@ -222,8 +222,9 @@ def test_the_dashboard_reads_rollups_only_with_a_fixed_number_of_queries(
     client.force_login(oncall.user)
     client.get("/monitoring/")  # warm the session and role caches
 
-    # session, user, role, console chrome (2), agents named, 2 series, versions, alerts
-    with django_assert_num_queries(10) as captured:
+    # session, user, role, console chrome (4: kill switch, pending approvals, degraded tools,
+    # paused agents), agents named, 2 series, versions, alerts
+    with django_assert_num_queries(12) as captured:
         response = client.get("/monitoring/?agent=support-bot&compare_version=v2")
     assert response.status_code == 200
     sql = " ".join(query["sql"] for query in captured.captured_queries)

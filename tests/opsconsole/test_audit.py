@@ -271,12 +271,12 @@ def test_the_audit_log_pages_by_id_with_constant_queries(oncall, django_assert_n
         audit_record(actor="system", action="test.thing", target_type="thing", target_id=i)
     client = logged_in(oncall)
     client.get(reverse("audit"))
-    # session, user, role, kill switch, nav count, the page
-    with django_assert_num_queries(6):
+    # session, user, role, kill switch, nav count, degraded tools, paused agents, the page
+    with django_assert_num_queries(8):
         first = client.get(reverse("audit"))
     assert len(first.context["entries"]) == 50
     before = first.context["entries"][-1].pk
-    with django_assert_num_queries(6):
+    with django_assert_num_queries(8):
         second = client.get(reverse("audit"), {"before": before})
     ids = [e.pk for e in first.context["entries"]] + [e.pk for e in second.context["entries"]]
     assert len(ids) == len(set(ids)) == AuditEntry.objects.count()

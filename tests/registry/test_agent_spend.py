@@ -61,12 +61,13 @@ def test_the_agents_list_costs_the_same_queries_for_2_or_12_agents(
     client = logged_in(admin)
     spend(agent.agent, "1", minutes_ago=1)
     client.get(reverse("agents:list"))  # warm the session
-    # session, user, role, kill switch, pending count, agents, their keys, their spend
-    with django_assert_num_queries(8):
+    # session, user, role, kill switch, pending count, degraded tools, paused agents, agents,
+    # their keys, their spend
+    with django_assert_num_queries(10):
         client.get(reverse("agents:list"))
     for i in range(10):
         extra = make_agent(f"bot-{i}")
         spend(extra.agent, "2", minutes_ago=i)
-    with django_assert_num_queries(8):
+    with django_assert_num_queries(10):
         response = client.get(reverse("agents:list"))
     assert response.content.decode().count('data-field="usd_day">$2.00<') == 10

@@ -85,7 +85,10 @@ def test_only_admins_manage_agents_and_keys(request, persona, agent):
         ).status_code
         == 403
     )
-    assert client.get(reverse("agents:detail", args=["support-bot"])).status_code == 403
+    # every console role may look at the agent's page (without its key controls), an outsider not
+    page = client.get(reverse("agents:detail", args=["support-bot"]))
+    assert page.status_code == (403 if persona == "outsider" else 200)
+    assert reverse("agents:key_issue", args=["support-bot"]) not in page.content.decode()
     assert not Agent.objects.filter(name="x-bot").exists()
     assert AgentKey.objects.get().revoked_at is None
     assert Agent.objects.get(name="support-bot").enabled

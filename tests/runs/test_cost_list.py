@@ -100,13 +100,14 @@ def test_the_tool_filter_and_cost_order_cost_the_same_queries_for_5_or_50_runs(
     for run in bulk_runs(agent.agent, ["1"] * 5):
         call(run, "browser.open")
     client.get(reverse("runs:list"), query)  # warm the session
-    # session, user, role, kill switch, pending count, agent names, the page of runs
-    with django_assert_num_queries(7):
+    # session, user, role, kill switch, pending count, degraded tools, paused agents, agent names,
+    # the page of runs
+    with django_assert_num_queries(9):
         response = client.get(reverse("runs:list"), query)
     assert len(response.context["runs"]) == 5
     for run in bulk_runs(agent.agent, ["2"] * 45):
         call(run, "browser.open")
-    with django_assert_num_queries(7):
+    with django_assert_num_queries(9):
         response = client.get(reverse("runs:list"), query)
     runs = response.context["runs"]
     assert len(runs) == 50

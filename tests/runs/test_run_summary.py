@@ -111,8 +111,9 @@ def test_the_live_header_fragment_carries_the_summary(oncall, agent, start_run):
 
 # The session, the user and their groups; the run; a page of its trace; the calls per tool (one
 # aggregate); the stop's trace event, its stopped call and the policy version it ran under (a
-# budget stop, the dearest to explain); the kill switch banner and the approvals badge.
-PINNED_QUERIES = 11
+# budget stop, the dearest to explain); the kill switch banner, the approvals badge, the degraded
+# tools and the paused agents banners.
+PINNED_QUERIES = 13
 
 
 def test_the_run_page_costs_the_same_queries_for_few_or_many_calls(

@@ -109,11 +109,12 @@ def test_the_list_costs_the_same_queries_for_5_or_50_runs(oncall, agent, django_
     client = logged_in(oncall)
     bulk_runs(agent.agent, 5)
     client.get(reverse("runs:list"))  # warm the session
-    # session, user, role, kill switch, pending count, agent names, the page of runs
-    with django_assert_num_queries(7):
+    # session, user, role, kill switch, pending count, degraded tools, paused agents, agent names,
+    # the page of runs
+    with django_assert_num_queries(9):
         client.get(reverse("runs:list"))
     bulk_runs(agent.agent, 45)
-    with django_assert_num_queries(7):
+    with django_assert_num_queries(9):
         response = client.get(reverse("runs:list"), {"status": "running", "q": "task"})
     assert len(response.context["runs"]) == 50
 
