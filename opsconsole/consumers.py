@@ -6,7 +6,10 @@ Rules:
   role are refused (closed with 4403) before joining any group.
 - Topics and who may follow them (see ``TOPIC_ROLES``): every role may watch runs, one run, the
   approvals queue, the kill switch, the breakers and the policy (on-call views everything;
-  reviewers and admins include on-call); only admins follow the agents (their admin page). Only reviewers *decide* approvals, and that is checked by the HTTP
+  reviewers and admins include on-call); only admins follow the agents (their admin page).
+  Every page follows ``killswitch``, the page chrome's topic: it carries the kill switch and the
+  paused-agents and degraded-tools banners (``agents.paused_changed``, ``tools.degraded_changed``;
+  the page re-fetches the banners over HTTP). Only reviewers *decide* approvals, and that is checked by the HTTP
   views, not here: the socket carries no actions. Unknown or forbidden topics are ignored.
 - The socket carries only ids, statuses and counters; anything richer (arguments, outputs) the
   page fetches over HTTP, where the same role checks apply.

@@ -17,7 +17,11 @@ logger = logging.getLogger("opsconsole.live")
 
 
 def group_for(scope: str, ident: Any = "") -> str:
-    """Group names: ``runs``, ``run.<id>``, ``approvals``, ``killswitch``."""
+    """Group names: ``runs``, ``run.<id>``, ``approvals``, ``killswitch``.
+
+    ``killswitch`` is the group every console page follows (templates/base.html), so it carries
+    every banner of the page chrome: ``killswitch.changed``, ``agents.paused_changed`` and
+    ``tools.degraded_changed``."""
     return f"{scope}.{ident}" if ident != "" else scope
 
 

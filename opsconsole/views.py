@@ -9,11 +9,13 @@ from django.contrib import messages
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_GET, require_http_methods
 
 from opsconsole import health, roles, selectors, services
 from opsconsole.audit import actor_name
+from opsconsole.context_processors import console_state
 from opsconsole.decorators import role_required
 from opsconsole.errors import ServiceError
 from opsconsole.forms import AuditFilterForm, WebhookEndpointForm
@@ -145,5 +147,22 @@ def console_status(request: HttpRequest) -> JsonResponse:
     """
 
     response = JsonResponse(health.console_status())
+    add_never_cache_headers(response)
+    return response
+
+
+@role_required(roles.ONCALL)
+@require_GET
+def console_banners(request: HttpRequest) -> HttpResponse:
+    """The degraded-tools and paused-agents banners as every page shows them (templates/base.html),
+    for static/js/live.js to swap in on ``tools.degraded_changed``, ``agents.paused_changed`` and
+    after a reconnect. Read through ``ConsoleState``, so this layer imports no app."""
+    state = console_state(request)
+    html = render_to_string(
+        "partials/degraded_tools.html", {"tools": state.degraded_tools}, request=request
+    ) + render_to_string(
+        "partials/paused_agents.html", {"agents": state.paused_agents}, request=request
+    )
+    response = HttpResponse(html)
     add_never_cache_headers(response)
     return response

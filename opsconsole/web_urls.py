@@ -22,6 +22,7 @@ urlpatterns = [
     ),
     path("healthz", views.healthz, name="healthz"),
     path("status/", views.console_status, name="console_status"),
+    path("status/banners/", views.console_banners, name="console_banners"),
     path("login/", ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("runs/", include("agents.runs.urls")),

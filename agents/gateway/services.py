@@ -50,6 +50,7 @@ from agents.policy.document import (
 )
 from agents.policy.selectors import kill_switch_current, policy_current
 from agents.runs.services import (
+    agent_state_hold,
     run_broadcast,
     run_event_record,
     run_lock_for_agent,
@@ -101,7 +102,7 @@ def run_start(
                     code="run_refused",
                     extra={"stop_reason": stop_reasons.KILL_SWITCH},
                 )
-            if not agent.enabled:
+            if not agent_state_hold(agent).enabled:
                 raise Conflict(
                     f"This agent is {agent.disabled_detail}.",
                     code="run_refused",

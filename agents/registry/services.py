@@ -160,6 +160,10 @@ def agent_pause(*, agent: Agent, actor: str, by: str, reason: str) -> Agent:
             payload={"agent": agent.name, "by": by, "reason": reason, "at": now.isoformat()},
         )
         _broadcast_agent(agent.name)
+        # Every console page follows the killswitch group: its paused-agents banner refreshes.
+        broadcast(
+            [group_for("killswitch")], "agents.paused_changed", {"name": agent.name, "paused": True}
+        )
     return agent
 
 
@@ -191,4 +195,9 @@ def agent_resume(*, agent: Agent, actor: str, by: str) -> Agent:
             payload={"agent": agent.name, "by": by, "at": now.isoformat()},
         )
         _broadcast_agent(agent.name)
+        broadcast(
+            [group_for("killswitch")],
+            "agents.paused_changed",
+            {"name": agent.name, "paused": False},
+        )
     return agent

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.db import connection
 from django.utils import timezone
 
 from agents import stop_reasons
@@ -51,12 +52,38 @@ def run_broadcast(run: Run) -> None:
 
 
 def run_lock_for_agent(*, agent: Agent, run_id: int) -> Run:
-    """The agent's own run, locked (``SELECT ... FOR UPDATE``) for one decision."""
+    """The agent's own run, locked (``SELECT ... FOR UPDATE``) for one decision, with the agent's
+    enabled state as of now (``agent_state_hold``)."""
     run = Run.objects.select_for_update().filter(pk=run_id, agent=agent).first()
     if run is None:
         raise NotFound(f"No run {run_id} for this agent.")
-    run.agent = agent
+    run.agent = agent_state_hold(agent)
     return run
+
+
+def agent_state_hold(agent: Agent) -> Agent:
+    """Refresh the agent's enabled state inside the caller's transaction, and hold it there.
+
+    The row the request authenticated with can be a few milliseconds old: a pause committed
+    since would let one more call through, stamped after the pause. Read here, under
+    ``FOR KEY SHARE`` on PostgreSQL (it conflicts only with the ``FOR UPDATE`` a pause or disable
+    takes, not with other decisions), a pause either committed first and this decision sees it,
+    or waits for this decision to commit and is stamped after it. SQLite runs one writing
+    transaction at a time, which gives the same order.
+    """
+    sql = (
+        f"SELECT enabled, paused, disabled_reason, disabled_by FROM {Agent._meta.db_table} "
+        "WHERE id = %s"
+    )
+    if connection.vendor == "postgresql":
+        sql += " FOR KEY SHARE"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [agent.pk])
+        row = cursor.fetchone()
+    if row is not None:
+        enabled, paused, agent.disabled_reason, agent.disabled_by = row
+        agent.enabled, agent.paused = bool(enabled), bool(paused)  # SQLite answers 0 or 1
+    return agent
 
 
 def run_wait_begin(run: Run, now: datetime) -> list[str]:

@@ -11,6 +11,7 @@ from agents.gateway.breakers import breaker_force, breaker_unforce
 from agents.models import ToolBreaker
 from opsconsole.audit import audit_record
 from opsconsole.errors import Invalid
+from opsconsole.live import broadcast, group_for
 from opsconsole.notifications import notify
 
 # The choices offered on the tool page; the service takes any of them.
@@ -47,6 +48,10 @@ def tool_degrade(*, tool: str, minutes: int, reason: str, actor: str) -> ToolBre
             key=f"tool.degraded:{entry.pk}",
             payload={"tool": tool, "until": until.isoformat(), "reason": reason, "by": actor},
         )
+        # Every console page follows the killswitch group: its degraded-tools banner refreshes.
+        broadcast(
+            [group_for("killswitch")], "tools.degraded_changed", {"tool": tool, "degraded": True}
+        )
     return breaker
 
 
@@ -70,5 +75,8 @@ def tool_restore(*, tool: str, actor: str, reason: str = "") -> ToolBreaker | No
             event="tool.restored",
             key=f"tool.restored:{entry.pk}",
             payload={"tool": tool, "by": actor, "was": before},
+        )
+        broadcast(
+            [group_for("killswitch")], "tools.degraded_changed", {"tool": tool, "degraded": False}
         )
     return breaker

@@ -226,7 +226,8 @@
     body.dispatchEvent(new CustomEvent("live:" + event, { detail: payload }));
   }
 
-  // After a reconnect events may have been missed: refresh what can be refreshed.
+  // After a reconnect events may have been missed: refresh what can be refreshed (the paused-agents
+  // and degraded-tools banners included: #console-banners re-fetches /status/banners/).
   function resync() {
     document.querySelectorAll("[data-live-refresh], [data-live-runs][data-first-page]").forEach(refresh);
     onApprovalsAdded();

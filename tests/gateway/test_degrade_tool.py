@@ -157,6 +157,6 @@ def test_the_allow_path_takes_the_same_queries_after_a_lifted_degrade(
     persona.api.post_json(path, {"tool": "kb.read", "args": {"q": "warm"}})
     # The same pin as tests/gateway/test_query_counts.py: the breaker's forced fields are read
     # with the row the gateway already locks.
-    with django_assert_num_queries(11):
+    with django_assert_num_queries(12):
         answer = persona.api.post_json(path, {"tool": "kb.read", "args": {"q": "pinned"}}).json()
     assert answer["decision"] == "allow"

@@ -59,26 +59,28 @@ def warm_run(agent, start_run) -> dict:
 def test_an_allow_decision_takes_a_fixed_number_of_queries(
     agent, warm_run, django_assert_num_queries
 ):
-    # key, lock run, policy, kill switch, loop count, breaker, insert call, insert event, update run
-    with django_assert_num_queries(11) as captured:
+    # key, lock run, the agent's state (held: a pause waits for this decision), policy, kill
+    # switch, loop count, breaker, insert call, insert event, update run
+    with django_assert_num_queries(12) as captured:
         ask(agent, warm_run["id"], "pinned")
     statements = [
         q["sql"]
         for q in captured.captured_queries
         if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))
     ]
-    assert len(statements) == 9, "\n".join(statements)
+    assert len(statements) == 10, "\n".join(statements)
 
 
 def test_a_step_takes_a_fixed_number_of_queries(agent, warm_run, django_assert_num_queries):
-    # key, lock run, kill switch, insert event, update run
-    with django_assert_num_queries(7):
+    # key, lock run, the agent's state, kill switch, insert event, update run
+    with django_assert_num_queries(8):
         step(agent, warm_run["id"])
 
 
 def test_a_tool_result_takes_a_fixed_number_of_queries(agent, warm_run, django_assert_num_queries):
     allowed = ask(agent, warm_run["id"], "to report")
-    # key, the call (for this agent), lock run, lock the call, policy, save the call, insert event,
-    # the breaker, lock the breaker, the tool's recent results, update breaker, update run
-    with django_assert_num_queries(14):
+    # key, the call (for this agent), lock run, the agent's state, lock the call, policy, save the
+    # call, insert event, the breaker, lock the breaker, the tool's recent results, update breaker,
+    # update run
+    with django_assert_num_queries(15):
         report(agent, allowed["id"])

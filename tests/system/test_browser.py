@@ -29,9 +29,9 @@ from channels.testing import ChannelsLiveServerTestCase
 from django.db import connections
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
-from agents.client import Budgets, Gateway, Stop
+from agents.client import Budgets, Gateway, Interrupted, Stop
 from agents.demo.world import demo_policy_document
-from agents.models import KillSwitch, Run, ToolCall
+from agents.models import Agent, KillSwitch, Run, ToolCall
 from agents.policy import services
 from approvals.models import ApprovalRequest
 from opsconsole import roles
@@ -359,3 +359,189 @@ class RunMetersTests(BrowserTestCase):
         expect(status).to_have_text("Succeeded")
         run = orm(lambda: Run.objects.get(pk=run_id))
         self.assertEqual((run.status, run.stop_reason, run.tool_calls), ("succeeded", "ok", 5))
+
+
+class LoopingAgent:
+    """A simulated agent that starts a run, works until the run stops, and starts the next one,
+    until :meth:`stop` (the demo fleet's loop, with the real client in a background thread).
+    Refused run starts (a paused agent) are counted and retried after a short wait."""
+
+    def __init__(
+        self, base_url: str, key: str, task: str, work: Callable[[Any, int], None]
+    ) -> None:
+        self.stopping = threading.Event()
+        self.gateway = Gateway(base_url, key, poll_seconds=10, interrupt=self.stopping)
+        self.task, self.work = task, work
+        self.outcomes: list[str] = []  # each run's stop reason (or "refused:<reason>")
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._main, name=f"looping-{task}", daemon=True)
+
+    def start(self) -> LoopingAgent:
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.stopping.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"{self.task}: the simulated agent did not finish"
+
+    def _main(self) -> None:
+        iteration = 0
+        with self.gateway:
+            while not self.stopping.is_set():
+                iteration += 1
+                try:
+                    run = self.gateway.run(self.task, budgets=Budgets(max_tool_calls=15))
+                except Stop as stop:
+                    self.outcomes.append(f"refused:{stop.reason}")
+                    self.stopping.wait(0.3)
+                    continue
+                try:
+                    with run:
+                        self.work(run, iteration)
+                        run.answer = "done"
+                    self.outcomes.append(run.stop_reason or run.status)
+                except Stop as stop:
+                    self.outcomes.append(stop.reason)
+                except Interrupted:
+                    return
+                except BaseException as exc:  # noqa: BLE001 - reported by the test
+                    if not self.stopping.is_set():
+                        self.errors.append(exc)
+                self.stopping.wait(0.2)
+
+
+class IncidentRoomTests(BrowserTestCase):
+    """Issue 14's scenario: a runaway agent hammers ``browser.open``; a fresh on-call engineer
+    finds it from the landing page and contains it in at most 3 clicks after login."""
+
+    def test_oncall_finds_and_pauses_the_runaway_agent_in_three_clicks(self) -> None:
+        def given() -> tuple[Person, AgentPersona, AgentPersona]:
+            publish_demo_policy()
+            return (
+                make_person("olga-oncall", roles.ONCALL),
+                make_agent("browser-runaway"),
+                make_agent("support-bot"),
+            )
+
+        oncall, runaway_persona, quiet_persona = orm(given)
+
+        def runaway_work(run: Any, iteration: int) -> None:
+            attempt = 0
+            while True:  # until a Stop: the budget, or the pause
+                attempt += 1
+                run.tool(
+                    "browser.open",
+                    {"url": f"https://vendor.example/pricing?run={iteration}&attempt={attempt}"},
+                    lambda args: {"url": args["url"], "status": 200, "title": "503"},
+                )
+                time.sleep(0.05)
+
+        def quiet_work(run: Any, iteration: int) -> None:
+            hits = run.tool("search.read", {"q": f"reset password {iteration}"}, lambda a: {})
+            run.tool("kb.read", {"id": f"kb-{iteration}", "hits": hits}, lambda a: {"text": "ok"})
+            time.sleep(0.5)
+
+        runaway = LoopingAgent(
+            self.live_server_url, runaway_persona.key, "compare vendor prices", runaway_work
+        ).start()
+        quiet = LoopingAgent(
+            self.live_server_url, quiet_persona.key, "answer a customer", quiet_work
+        ).start()
+        self.addCleanup(runaway.stop)  # idempotent; the test stops them itself first
+        self.addCleanup(quiet.stop)
+
+        def allowed_calls(agent: str, tool: str | None = None) -> int:
+            calls = ToolCall.objects.filter(run__agent__name=agent, decision="allow")
+            return (calls.filter(tool=tool) if tool else calls).count()
+
+        # The storm is on: the runaway has made well more calls than the quiet agent.
+        deadline = time.monotonic() + LIVE_TIMEOUT_MS / 1000
+        while orm(lambda: allowed_calls("browser-runaway", "browser.open")) < 20:
+            self.assertLess(time.monotonic(), deadline, "the storm did not start")
+            time.sleep(0.2)
+        self.assertGreater(orm(lambda: allowed_calls("support-bot")), 0)
+
+        # A fresh on-call engineer logs in: typing and submitting the login form is not counted.
+        started = time.monotonic()
+        page = self.log_in(oncall)
+        clicks = 0
+
+        def click(locator: Any) -> None:
+            nonlocal clicks
+            clicks += 1
+            locator.click()
+
+        # The landing page ranks agents by what they cost now; the runaway is at the top.
+        ranking = page.locator("section.panel").filter(
+            has=page.get_by_role("heading", name="Agents by cost now")
+        )
+        top = ranking.locator("tbody tr").first
+        expect(top.get_by_role("link").first).to_have_text("browser-runaway")
+        expect(
+            page.locator("section.panel")
+            .filter(has=page.get_by_role("heading", name="Tools by cost now"))
+            .locator("tbody tr")
+            .first.get_by_role("link")
+            .first
+        ).to_have_text("browser.open")
+
+        click(top.get_by_role("link", name="browser-runaway"))  # 1
+        expect(page.locator("h1")).to_contain_text("browser-runaway")
+        reason = page.get_by_role("textbox", name="Reason")
+        click(reason)  # 2 (focusing the box counts, to be strict)
+        reason.type("runaway retries of browser.open, vendor bill climbing")
+        click(page.get_by_role("button", name="Pause browser-runaway"))  # 3
+        expect(page.locator(".messages")).to_contain_text("Agent browser-runaway paused")
+        expect(page.locator("h1")).to_contain_text("paused")
+        contained_in = time.monotonic() - started
+        print(f"\ncontained in {clicks} clicks, {contained_in:.1f} s after the login page")
+        self.assertLessEqual(clicks, 3)
+
+        # Let both agents carry on for a while: the runaway's runs stop, new ones are refused.
+        time.sleep(2.0)
+        refused_before_stop = {o for o in runaway.outcomes if o.startswith("refused:")}
+        quiet_runs_before = len(quiet.outcomes)
+        time.sleep(1.5)
+        runaway.stop()
+        quiet.stop()
+        self.assertEqual(runaway.errors, [])
+        self.assertEqual(quiet.errors, [])
+
+        def after_the_pause() -> dict[str, Any]:
+            agent = Agent.objects.get(name="browser-runaway")
+            paused_at = agent.disabled_at
+            later = ToolCall.objects.filter(created_at__gt=paused_at)
+            return {
+                "paused": (agent.paused, agent.enabled, agent.disabled_by),
+                "runaway_allowed": later.filter(
+                    run__agent=agent, tool="browser.open", decision="allow"
+                ).count(),
+                "runaway_active": Run.objects.filter(
+                    agent=agent, status__in=["running", "waiting_approval"]
+                ).count(),
+                "quiet_enabled": Agent.objects.get(name="support-bot").enabled,
+                "quiet_allowed": later.filter(
+                    run__agent__name="support-bot", decision="allow"
+                ).count(),
+                "quiet_not_allowed": later.filter(run__agent__name="support-bot")
+                .exclude(decision="allow")
+                .count(),
+                "quiet_disabled_stops": Run.objects.filter(
+                    agent__name="support-bot", stop_reason="agent_disabled"
+                ).count(),
+            }
+
+        data = orm(after_the_pause)
+        self.assertEqual(data["paused"], (True, False, "olga-oncall"))
+        self.assertEqual(data["runaway_allowed"], 0, "browser.open was allowed after the pause")
+        self.assertEqual(data["runaway_active"], 0)
+        self.assertEqual(
+            refused_before_stop, {"refused:agent_disabled"}, "a paused agent's run was accepted"
+        )
+        self.assertTrue(data["quiet_enabled"])
+        self.assertGreater(data["quiet_allowed"], 0, "the quiet agent stopped working")
+        self.assertEqual(data["quiet_not_allowed"], 0)
+        self.assertEqual(data["quiet_disabled_stops"], 0)
+        self.assertGreater(len(quiet.outcomes), quiet_runs_before)
+        self.assertNotIn("agent_disabled", quiet.outcomes)
