@@ -18,7 +18,10 @@ from agents.monitoring.rollups import SeriesKey
 
 # How many buckets (hours or days) the charts span.
 SPANS = [(24, "last 24"), (48, "last 48"), (90, "last 90"), (168, "last 168")]
+# With no span chosen, the charts fit the data: from its first bucket (within the largest span)
+# to now; with no data in the last DEFAULT_SPAN buckets, those are drawn.
 DEFAULT_SPAN = 48
+LARGEST_SPAN = max(span for span, _ in SPANS)
 
 
 class DashboardForm(forms.Form):
@@ -30,14 +33,14 @@ class DashboardForm(forms.Form):
     buckets = forms.TypedChoiceField(
         required=False,
         coerce=int,
-        choices=SPANS,
-        initial=DEFAULT_SPAN,
+        choices=[("", "fit the data"), *SPANS],
+        empty_value=None,
     )
 
     def query(self) -> dict[str, Any]:
         data = getattr(self, "cleaned_data", {})
         size = data.get("size") or BucketSize.HOUR
-        buckets = data.get("buckets") or DEFAULT_SPAN
+        buckets = data.get("buckets")
         keys = [SeriesKey(data.get("agent") or "", data.get("version") or "")]
         if data.get("compare_agent") or data.get("compare_version"):
             keys.append(
@@ -46,7 +49,13 @@ class DashboardForm(forms.Form):
                     data.get("compare_version") or "",
                 )
             )
-        return {"keys": keys, "size": size, "buckets": buckets}
+        return {
+            "keys": keys,
+            "size": size,
+            "buckets": buckets or DEFAULT_SPAN,
+            "fit": not buckets,
+            "reach": LARGEST_SPAN,
+        }
 
 
 class DriftRuleForm(forms.Form):

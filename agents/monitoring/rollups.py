@@ -251,22 +251,39 @@ class Dashboard:
     # Per series, one rollup (or None) per bucket.
     series: list[tuple[SeriesKey, list[MetricRollup | None]]]
     stop_reason_kinds: list[str]
+    # The first bucket with data, when the span drawn holds none but older buckets (within
+    # ``reach``) do: the page says so and links a span that shows them.
+    older_start: datetime | None = None
+
+
+# A span fitted to the data has at least this many buckets (one point is not a lone dot).
+FIT_MIN_BUCKETS = 6
 
 
 def dashboard(
-    *, keys: list[SeriesKey], size: str, buckets: int, now: datetime | None = None
+    *,
+    keys: list[SeriesKey],
+    size: str,
+    buckets: int,
+    fit: bool = False,
+    reach: int = 0,
+    now: datetime | None = None,
 ) -> Dashboard:
     """The rollups of one or two series over the last ``buckets`` buckets, aligned by bucket.
 
-    One query per series (plus one for the agents named): nothing is aggregated here.
+    The last ``reach`` buckets (at least ``buckets``) are read. With ``fit``, the span drawn
+    runs from the first bucket with data to now (at least ``FIT_MIN_BUCKETS``), unless no data
+    is in the last ``buckets``: then those are drawn, as without ``fit``, and the older data is
+    pointed at (``older_start``). One query per series (plus one for the agents named):
+    nothing is aggregated here.
     """
     length = SIZES[size]
     last = bucket_start(now or timezone.now(), size)
-    starts = [last - length * index for index in range(buckets - 1, -1, -1)]
+    reach = max(reach, buckets)
+    read = [last - length * index for index in range(reach - 1, -1, -1)]
     names = {key.agent for key in keys if key.agent}
     agents = {agent.name: agent for agent in Agent.objects.filter(name__in=names)} if names else {}
-    series = []
-    kinds: set[str] = set()
+    found_rows: list[tuple[SeriesKey, dict[datetime, MetricRollup]]] = []
     for key in keys:
         rows: dict[datetime, MetricRollup] = {}
         if not key.agent or key.agent in agents:
@@ -274,15 +291,29 @@ def dashboard(
                 agent=agents.get(key.agent),
                 version=key.version,
                 size=size,
-                since=starts[0],
+                since=read[0],
                 until=last + length,
             )
             rows = {row.start: row for row in found}
-        for row in rows.values():
-            kinds.update(stop_reasons.kind_of(reason) for reason in row.stop_reasons)
-        series.append((key, [rows.get(start) for start in starts]))
+        found_rows.append((key, rows))
+    with_data = sorted({start for _, rows in found_rows for start in rows})
+    count = buckets
+    if fit and with_data and with_data[-1] >= read[-buckets]:
+        count = max(FIT_MIN_BUCKETS, (last - with_data[0]) // length + 1)
+    starts = read[-min(count, reach) :]
+    older = with_data[0] if with_data and with_data[-1] < starts[0] else None
+    series = []
+    kinds: set[str] = set()
+    for key, rows in found_rows:
+        drawn = [rows.get(start) for start in starts]
+        for row in drawn:
+            if row:
+                kinds.update(stop_reasons.kind_of(reason) for reason in row.stop_reasons)
+        series.append((key, drawn))
     order = [kind for kind in stop_reasons.ALL_KINDS if kind in kinds]
-    return Dashboard(size=size, buckets=starts, series=series, stop_reason_kinds=order)
+    return Dashboard(
+        size=size, buckets=starts, series=series, stop_reason_kinds=order, older_start=older
+    )
 
 
 def stop_reason_kinds(rollup: MetricRollup | None) -> dict[str, int]:

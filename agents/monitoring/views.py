@@ -25,7 +25,8 @@ from agents.models import BucketSize, DriftMetric
 from agents.monitoring import charts, exports, replay, rollups
 from agents.monitoring import drift as drift_rules
 from agents.monitoring.forms import (
-    DEFAULT_SPAN,
+    LARGEST_SPAN,
+    SPANS,
     DashboardForm,
     DriftRuleForm,
     DryRunForm,
@@ -67,8 +68,7 @@ LINE_CHARTS = [
 def dashboard(request: HttpRequest) -> HttpResponse:
     params = request.GET.copy()
     params.setdefault("size", BucketSize.HOUR)
-    params.setdefault("buckets", str(DEFAULT_SPAN))  # so the form shows what is drawn
-    form = DashboardForm(params)
+    form = DashboardForm(params)  # no span chosen: "fit the data"
     form.is_valid()  # invalid choices fall back to the defaults
     query = form.query()
     board = rollups.dashboard(**query)
@@ -100,8 +100,20 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "agent_versions": rollups.agent_versions(),
         "alerts": drift_rules.drift_alert_list(limit=5),
         "export_query": _export_query(query["keys"][0].agent),
+        "older_query": _older_query(params, board),
     }
     return render(request, "monitoring/dashboard.html", context)
+
+
+def _older_query(params, board) -> str:
+    """The query string of the smallest span that shows the older data, when none is drawn."""
+    if board.older_start is None:
+        return ""
+    needed = (board.buckets[-1] - board.older_start) // rollups.SIZES[board.size] + 1
+    span = next((span for span, _ in SPANS if span >= needed), LARGEST_SPAN)
+    query = params.copy()
+    query["buckets"] = str(span)
+    return query.urlencode()
 
 
 def _line_chart(title: str, lines: list[tuple[str, str, str]], board, label_format: str):

@@ -84,6 +84,16 @@ def _agent_page(request: HttpRequest, name: str, **extra) -> HttpResponse:
 @role_required(roles.ONCALL)
 @require_GET
 def agent_detail(request: HttpRequest, name: str) -> HttpResponse:
+    """The agent's page; htmx re-fetches its live stats apart (``?fragment=stats``: rate, spend,
+    stop mix, recent runs and calls) on every run.updated, at most once a second, and every 30 s."""
+    if request.htmx and request.GET.get("fragment") == "stats":
+        agent = or_404(selectors.agent_get, name=name)
+        context = {
+            "agent": agent,
+            "spend": selectors.agent_spend(agent_ids=[agent.pk]).get(agent.pk, selectors.Spend()),
+            "activity": selectors.agent_activity(agent=agent),
+        }
+        return render(request, "agents/detail.html#stats", context)
     return _agent_page(request, name)
 
 

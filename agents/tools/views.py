@@ -28,6 +28,12 @@ def _page(request: HttpRequest, tool: str, form: DegradeForm, status: int = 200)
 @role_required(roles.ONCALL)
 @require_GET
 def tool_detail(request: HttpRequest, tool: str) -> HttpResponse:
+    """The tool page; htmx re-fetches its live stats apart (``?fragment=stats``: rate, spend,
+    breaker, stop mix, recent calls) on run.updated and breaker.updated, at most once a second, and
+    every 30 s. The degrade and lift forms are outside that part."""
+    if request.htmx and request.GET.get("fragment") == "stats":
+        page = selectors.tool_page(tool=tool)
+        return render(request, "tools/detail.html#stats", {"page": page, "stats": page.stats})
     return _page(request, tool, DegradeForm())
 
 
