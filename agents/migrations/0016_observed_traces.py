@@ -1,0 +1,9 @@
+"""Reserved for work in progress; see the module docstring once filled in."""
+
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("agents", "0015_step_gate")]
+
+    operations = []
