@@ -9,6 +9,15 @@ from django.db import models
 from django.utils import timezone
 
 
+class AgentMode(models.TextChoices):
+    """How the gateway applies its decisions to an agent (the policy's ``agents.<name>.mode``)."""
+
+    ENFORCE = "enforce", "Enforce"
+    # Every decision is made and recorded as in enforce, but the answer is allow: nothing is
+    # stopped and no approval is requested; the run shows what would have happened.
+    OBSERVE = "observe", "Observe"
+
+
 class Agent(models.Model):
     """A named program that calls the gateway. Its allowlist and ceilings live in the policy."""
 
@@ -23,6 +32,10 @@ class Agent(models.Model):
     disabled_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # The policy's ``agents.<name>.mode``, copied here by every policy publish (and agent
+    # creation) in the same transaction: the gateway reads it with the agent's enabled state
+    # (``agent_state_hold``), and a path that reads only the agent row (a fast path) sees it too.
+    mode = models.CharField(max_length=8, choices=AgentMode.choices, default=AgentMode.ENFORCE)
 
     # Lets an authenticated agent stand as DRF's request.user.
     is_authenticated = True
@@ -97,6 +110,16 @@ class RunStatus(models.TextChoices):
 
 ACTIVE_STATUSES = (RunStatus.RUNNING, RunStatus.WAITING_APPROVAL)
 
+
+class RunSource(models.TextChoices):
+    """Which front door recorded the run: the gateway decided it, or OTLP traces observed it."""
+
+    GATEWAY = "gateway", "Gateway"
+    # Built from OpenTelemetry spans (agents/telemetry): nothing was decided or enforced; the
+    # policy's verdict is computed afterwards as "would have" (Run.would_stop_reason).
+    OTLP = "otlp", "Observed (OTLP)"
+
+
 # What the budget and usage columns hold on every database: PostgreSQL's integer, bigint and
 # numeric(12, 6) (SQLite stores more, then fails to read a decimal back). The gateway treats them
 # as ceilings under every budget, so no counter is ever asked to hold more.
@@ -148,6 +171,23 @@ class Run(models.Model):
     waited_seconds = models.FloatField(default=0.0, db_default=0.0)
     waiting_since = models.DateTimeField(null=True, blank=True)
 
+    # Observe mode: how the run's decisions were applied (observe: every one answered allow),
+    # and what enforcing would have done. The first would-have stop is the run's headline
+    # (later calls are still decided and recorded, on their ToolCall.would_*):
+    # "would have stopped at call 16 with max_tool_calls".
+    mode = models.CharField(max_length=8, choices=AgentMode.choices, default=AgentMode.ENFORCE)
+    would_stop_reason = models.CharField(max_length=200, blank=True)
+    would_stop_detail = models.TextField(blank=True)
+    # Where it would have stopped: "call 16", "step 31", "start", "finish", "result of call 3".
+    would_stop_at = models.CharField(max_length=40, blank=True)
+    # Calls that would have waited for a reviewer, and the first one's tool.
+    would_approvals = models.PositiveIntegerField(default=0)
+    would_approval_tool = models.CharField(max_length=200, blank=True)
+
+    # Observed runs (agents/telemetry): one per OTLP trace id of the agent; NULL for the gateway's.
+    source = models.CharField(max_length=8, choices=RunSource.choices, default=RunSource.GATEWAY)
+    trace_id = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
+
     class Meta:
         ordering = ["-started_at", "-id"]
         constraints = [
@@ -170,16 +210,25 @@ class Run(models.Model):
                 ),
                 name="run_stop_reason_iff_ended",
             ),
+            # One observed run per trace of an agent (agents/telemetry upserts on it).
+            models.UniqueConstraint(
+                fields=["agent", "trace_id"],
+                condition=models.Q(trace_id__isnull=False),
+                name="run_trace_id_unique",
+            ),
         ]
         indexes = [
             models.Index(fields=["-started_at", "-id"], name="run_list_idx"),
             models.Index(fields=["agent", "-started_at", "-id"], name="run_agent_list_idx"),
             models.Index(fields=["status", "-started_at", "-id"], name="run_status_list_idx"),
             models.Index(fields=["stop_reason", "-started_at", "-id"], name="run_stop_list_idx"),
+            # No index on last_activity_at (run_active_idx, dropped in 0014): every decision
+            # moves it, and an indexed column changing makes the run's update never HOT.
+            # The runs list's "observed" filter; partial, so the gateway's inserts skip it.
             models.Index(
-                fields=["last_activity_at"],
-                condition=models.Q(status__in=["running", "waiting_approval"]),
-                name="run_active_idx",
+                fields=["-started_at", "-id"],
+                condition=models.Q(source="otlp"),
+                name="run_observed_list_idx",
             ),
         ]
 
@@ -189,6 +238,21 @@ class Run(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
+
+    @property
+    def is_observed(self) -> bool:
+        """Decided in observe mode: the gateway answered allow whatever it decided."""
+        return self.mode == AgentMode.OBSERVE
+
+    @property
+    def would_headline(self) -> str:
+        """What enforcing would have done to this observed run, in words ("" if nothing)."""
+        if self.would_stop_reason:
+            return f"would have stopped at {self.would_stop_at} with {self.would_stop_reason}"
+        if self.would_approvals:
+            more = f" (and {self.would_approvals - 1} more)" if self.would_approvals > 1 else ""
+            return f"would have waited for approval on {self.would_approval_tool}{more}"
+        return ""
 
     def _times(self) -> tuple[float, float]:
         """(elapsed, waiting) seconds, both at one instant: the end, or now while active."""
@@ -254,6 +318,8 @@ class Decision(models.TextChoices):
     ALLOW = "allow", "Allow"
     PENDING_APPROVAL = "pending_approval", "Pending approval"
     STOP = "stop", "Stop"
+    # The policy's ``on_refusal: refuse_call``: this call is refused, the run goes on.
+    REFUSED = "refused", "Refused"
 
 
 class ToolCall(models.Model):
@@ -273,6 +339,10 @@ class ToolCall(models.Model):
     detail = models.TextField(blank=True)
     # Whether this call was counted against the budgets (stopped calls are not).
     counted = models.BooleanField(default=False)
+    # Observe mode: what enforce would have answered (blank: the call was enforced); then
+    # ``decision`` is allow and ``detail`` says why it would have stopped.
+    would_decision = models.CharField(max_length=20, choices=Decision.choices, blank=True)
+    would_stop_reason = models.CharField(max_length=200, blank=True)
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -339,6 +409,36 @@ class TraceEvent(models.Model):
         return f"{self.kind} @ {self.at:%H:%M:%S}"
 
 
+class ObservedSpan(models.Model):
+    """One OpenTelemetry span of an observed run (agents/telemetry), with its raw attributes.
+
+    The unique (run, span_id) makes a re-sent batch count once: a span already stored is skipped,
+    and only new spans move the run's counters.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="spans", db_index=False)
+    span_id = models.CharField(max_length=16)
+    parent_span_id = models.CharField(max_length=16, blank=True)
+    name = models.CharField(max_length=300)
+    # agent, llm, tool, workflow, retrieval, embedding or other (agents/telemetry/conventions.py)
+    kind = models.CharField(max_length=16)
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField()
+    # unset, ok or error (the span's status code)
+    status = models.CharField(max_length=8, default="unset")
+    status_message = models.TextField(blank=True)
+    attributes = models.JSONField(default=dict)
+    events = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "span_id"], name="observedspan_run_span_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.span_id})"
+
+
 class BreakerState(models.TextChoices):
     CLOSED = "closed", "Closed"
     OPEN = "open", "Open"
@@ -399,6 +499,9 @@ class MetricRollup(models.Model):
 
     runs = models.PositiveIntegerField(default=0)
     stop_reasons = models.JSONField(default=dict, help_text="{stop reason: runs}")
+    # Runs decided in observe mode, and the stop enforcing would have given them (their first).
+    observed_runs = models.PositiveIntegerField(default=0)
+    would_stop_reasons = models.JSONField(default=dict, help_text="{would-have stop reason: runs}")
     tool_calls_p50 = models.FloatField(null=True, blank=True)
     tool_calls_p95 = models.FloatField(null=True, blank=True)
     requests = models.PositiveIntegerField(default=0, help_text="model steps reported")
@@ -606,3 +709,30 @@ class KillSwitch(models.Model):
     @property
     def is_on(self) -> bool:
         return self.mode != KillSwitchMode.OFF
+
+
+class McpToolSeen(models.Model):
+    """A tool of an upstream MCP server as the console saw it (agents/mcp), pinned by a hash of
+    its definition: a definition that changes upstream is held (hidden, its calls denied) until
+    an admin accepts it. The effect its annotations suggest is only a hint for the admin."""
+
+    server = models.CharField(max_length=64)
+    tool = models.CharField(max_length=200, unique=True)  # the policy's name: <server>.<tool>
+    definition = models.JSONField(default=dict)  # description, schemas, annotations as seen
+    definition_hash = models.CharField(max_length=64)
+    accepted_hash = models.CharField(max_length=64)
+    accepted_definition = models.JSONField(default=dict)
+    suggested_effect = models.CharField(max_length=8)  # read | write
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    changed_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["tool"]
+
+    def __str__(self) -> str:
+        return self.tool
+
+    @property
+    def held(self) -> bool:
+        return self.definition_hash != self.accepted_hash

@@ -38,6 +38,9 @@ class ApprovalRequest(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
     decided_at = models.DateTimeField(null=True, blank=True)
+    # When an approved call was executed by the MCP endpoint (agents/mcp): an approval is used
+    # at most once, claimed by a conditional update of this column.
+    consumed_at = models.DateTimeField(null=True, blank=True)
 
     # Not stored: set for the queue's cards by approvals.selectors (the run's latest trace
     # events) and approvals.views (whether the reviewer looking already approved it).

@@ -31,6 +31,7 @@ from agents.runs.services import (
     run_wait_end,
 )
 from approvals.models import ApprovalDecision, ApprovalRequest, ApprovalStatus, Verdict
+from approvals.waits import approval_wake
 from opsconsole.audit import actor_name, audit_record
 from opsconsole.errors import Conflict, Invalid, NotFound
 from opsconsole.live import broadcast, group_for
@@ -53,6 +54,7 @@ def _close(run: Run, request: ApprovalRequest, status: str, *, reason: str | Non
     request.status = status
     request.decided_at = now
     request.save(update_fields=["status", "decided_at"])
+    approval_wake(request.tool_call_id)  # the agent waiting on it answers at once (after commit)
     if reason is None:
         ToolCall.objects.filter(pk=request.tool_call_id).update(decision=Decision.ALLOW)
         if (
@@ -284,6 +286,7 @@ def approvals_cancel_for_run(*, run: Run, reason: str) -> None:
         ToolCall.objects.filter(pk=request.tool_call_id).update(
             decision=Decision.STOP, stop_reason=reason
         )
+        approval_wake(request.tool_call_id)
     broadcast(
         [group_for("approvals")],
         "approvals.removed",

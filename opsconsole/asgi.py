@@ -16,12 +16,17 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from agents.gateway.core import ToolCallFastPath  # noqa: E402
+from agents.mcp.asgi import WithMcp  # noqa: E402
 from opsconsole.limits import RequestBodyLimit  # noqa: E402
 from opsconsole.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": RequestBodyLimit(django_asgi_app),
+        # The gateway's fast path answers plain allowed tool calls before Django
+        # (agents/gateway/core.py); it hands every other request to Django unchanged.
+        # /mcp is the MCP endpoint (agents/mcp/asgi.py: its own body limit and agent keys).
+        "http": WithMcp(RequestBodyLimit(ToolCallFastPath(django_asgi_app))),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

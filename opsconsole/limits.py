@@ -232,6 +232,9 @@ class RequestBodyLimit:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if scope["type"] == "http":
+            # A front door with bodies of its own size (OTLP trace batches) has its own cap.
+            limit = settings.OPSCONSOLE_BODY_LIMITS.get(scope.get("path", ""), limit)
         if scope["type"] != "http" or limit is None:
             await self.app(scope, receive, send)
             return

@@ -1,12 +1,23 @@
-"""Turns a database outage anywhere into a clear 503, and refuses oversized API bodies with 413."""
+"""Turns a database outage anywhere into a clear 503, and refuses oversized API bodies with 413;
+serves static files (WhiteNoise) without splitting the middleware chain.
+
+Every middleware here works in both modes (``sync_capable`` and ``async_capable``). One sync-only
+middleware makes Django run everything below it in a thread and block that thread for the whole
+request: an async view (the agents' long poll, waiting up to 30 s for a reviewer) then held a
+thread for all of its wait, and every request paid extra switches between the event loop and
+the thread.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 from opsconsole.api_errors import NOT_FOUND, TOO_LARGE, UNAVAILABLE
 
@@ -20,18 +31,51 @@ def _declared_length(request: HttpRequest) -> int:
         return 0
 
 
-class ControlPlaneUnavailableMiddleware:
-    def __init__(self, get_response):
-        self.get_response = get_response
+class DualModeMiddleware:
+    """A middleware that runs in the mode of the chain it is part of (sync or async)."""
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        early = self.before(request)
+        if early is not None:
+            return early
+        return self.after(request, self.get_response(request))
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        early = self.before(request)
+        if early is not None:
+            return early
+        return self.after(request, await self.get_response(request))
+
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        """An answer without calling the rest of the chain, or None (no I/O here)."""
+        return None
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        return response
+
+
+class ControlPlaneUnavailableMiddleware(DualModeMiddleware):
+    def before(self, request: HttpRequest) -> HttpResponse | None:
         if (
             request.path.startswith("/api/")
             and _declared_length(request) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         ):
             # Refused before the body is read, so a huge upload costs nothing.
             return JsonResponse(TOO_LARGE, status=413)
-        response = self.get_response(request)
+        return None
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         if (
             response.status_code == 404
             and request.path.startswith("/api/")
@@ -55,3 +99,33 @@ class ControlPlaneUnavailableMiddleware:
             status=503,
             content_type="text/plain",
         )
+
+
+class StaticFilesMiddleware(WhiteNoiseMiddleware):
+    """WhiteNoise (static files, compressed and cached forever), in the chain's own mode.
+
+    WhiteNoise's middleware is sync-only; here a request that is not for a static file goes
+    straight on in async mode, and a static file is read in a thread (it touches the disk)."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Any = None, settings: Any = settings) -> None:
+        super().__init__(get_response, settings=settings)
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        return super().__call__(request)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        if self.autorefresh:  # DEBUG: looked up on disk
+            static_file = await sync_to_async(self.find_file)(request.path_info)
+        else:
+            static_file = self.files.get(request.path_info)
+        if static_file is not None:
+            return await sync_to_async(self.serve)(static_file, request)
+        return await self.get_response(request)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 
@@ -58,10 +60,32 @@ def add_long_poll_path(result, generator, request, public):
 
 ERROR_SCHEMA = {
     "type": "object",
-    "description": 'The one error shape: {"error": "<code>", "detail": ...}, sometimes with more '
-    "fields (stop_reason, status, limit_bytes, ...).",
+    "description": 'The one error shape: {"error": "<code>", "detail": ...}, with a code\'s own '
+    "fields when it has them.",
     "required": ["error", "detail"],
-    "properties": {"error": {"type": "string"}, "detail": {}},
+    "properties": {
+        "error": {
+            "type": "string",
+            "description": "a stable code: malformed, unauthenticated, forbidden, not_found, "
+            "method_not_allowed, rate_limited, payload_too_large, args_too_large, "
+            "control_plane_unavailable, run_stopped, run_ended, idempotency_conflict, "
+            "already_decided, invalid_policy, policy_changed, agent_exists, invalid_name, ...",
+        },
+        "detail": {
+            "description": "what went wrong, for people: a sentence, a list of problems, or "
+            "the invalid fields and their problems"
+        },
+        "stop_reason": {
+            "allOf": [{"$ref": "#/components/schemas/StopReason"}],
+            "description": "a refusal that stops (or found stopped) the run: why",
+        },
+        "status": {
+            "type": "string",
+            "description": "an approval request's status, when the conflict is about it",
+        },
+        "limit_bytes": {"type": "integer", "description": "args_too_large: the cap"},
+        "size_bytes": {"type": "integer", "description": "args_too_large: the size sent"},
+    },
     "additionalProperties": True,
 }
 ERROR_MEANINGS = {
@@ -76,11 +100,28 @@ ERROR_MEANINGS = {
     "429": "rate limited: retry after Retry-After seconds",
     "503": "the control plane cannot decide: treat as a stop",
 }
+# What an error means on one operation, where it says more than ERROR_MEANINGS.
+OPERATION_ERRORS = {
+    ("run_create", "409"): "the run is refused before it starts (kill switch stop_all, agent "
+    "disabled): `stop_reason` says why; or an idempotency key reused with other content",
+    ("run_list", "400"): "a filter, `limit` or `after` is not valid (`detail` names it)",
+    ("agent_create", "409"): "`agent_exists`: an agent has that name",
+    ("agent_create", "422"): "`invalid_name`: not 1-100 letters, digits, - or _",
+    ("agent_set_enabled", "400"): "disabling without a `reason`",
+    ("policy_publish", "400"): "`invalid_policy`: the YAML or the policy is not valid; `detail` "
+    "lists the problems, as the policy editor shows them; or `malformed` (no reason, no "
+    "base_version)",
+    ("policy_publish", "409"): "`policy_changed`: another version was published since "
+    "`base_version`; nothing was saved",
+    ("policy_dry_run", "400"): "`invalid_policy`: the draft is not valid; `detail` lists the "
+    "problems, as the policy editor shows them",
+}
 RATE_LIMITED_OPERATIONS = {"run_create", "tool_call_create"}
 
 
 def add_error_responses(result, generator, request, public):
-    """Declare the error answers each API operation can give, in the one error shape."""
+    """Declare the error answers each API operation can give, in the one error shape; and what
+    every answer holds: a response object carries every field its serializer declares."""
     result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
     for path, operations in result.get("paths", {}).items():
         if not path.startswith("/api/v1/") or path.startswith("/api/v1/schema"):
@@ -95,7 +136,10 @@ def add_error_responses(result, generator, request, public):
                 codes.append("429")
             responses = operation.setdefault("responses", {})
             for code in codes:
-                response = responses.setdefault(code, {"description": ERROR_MEANINGS[code]})
+                meaning = OPERATION_ERRORS.get((operation.get("operationId"), code))
+                response = responses.setdefault(
+                    code, {"description": meaning or ERROR_MEANINGS[code]}
+                )
                 response.setdefault(
                     "content",
                     {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -107,7 +151,35 @@ def add_error_responses(result, generator, request, public):
                             "description": "seconds until the limit lifts",
                         }
                     }
+    _require_every_answer_field(result)
     return result
+
+
+def _require_every_answer_field(result) -> None:
+    """Optional where the server says so, always there where it always is.
+
+    DRF writes every declared field of an output serializer, so in an answer's schema each
+    property is required (a generated client types ``run.status`` as always there). In a request
+    shape (``...Request``, COMPONENT_SPLIT_REQUEST) a field the server defaults is optional; its
+    default moves into the description, because generators such as openapi-typescript read
+    ``default`` as "always present" and would make every caller send it (``agent_version``)."""
+    for name, schema in result["components"]["schemas"].items():
+        if name == "Error" or "properties" not in schema:
+            continue
+        if not name.endswith("Request"):
+            schema["required"] = sorted(schema["properties"])
+            continue
+        required = set(schema.get("required", ()))
+        for field, prop in schema["properties"].items():
+            if field in required or "default" not in prop:
+                continue
+            default = prop.pop("default")
+            note = (
+                f"Optional; the server uses {json.dumps(default, default=str)} when it is left out."
+            )
+            prop["description"] = (
+                f"{prop['description']} {note}" if prop.get("description") else note
+            )
 
 
 def _link(operation_id: str, parameter: str, source: str) -> dict:

@@ -8,10 +8,12 @@ console itself: no inline ``<script>``, no ``style="..."`` attributes, no ``<sty
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+
+from opsconsole.middleware import DualModeMiddleware
 
 DEFAULT_POLICY = "; ".join(
     [
@@ -27,15 +29,14 @@ DEFAULT_POLICY = "; ".join(
 )
 
 
-class ContentSecurityPolicyMiddleware:
+class ContentSecurityPolicyMiddleware(DualModeMiddleware):
     """Adds ``Content-Security-Policy`` (``settings.OPSCONSOLE_CSP``, else the strict default)
-    unless the view set one itself."""
+    unless the view set one itself. Sync or async, as the chain runs."""
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
+    def __init__(self, get_response: Any) -> None:
+        super().__init__(get_response)
         self.policy = getattr(settings, "OPSCONSOLE_CSP", DEFAULT_POLICY)
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        response = self.get_response(request)
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         response.headers.setdefault("Content-Security-Policy", self.policy)
         return response

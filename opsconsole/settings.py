@@ -94,7 +94,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "opsconsole.security.ContentSecurityPolicyMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "opsconsole.middleware.StaticFilesMiddleware",  # WhiteNoise, async-capable
     "opsconsole.middleware.ControlPlaneUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -267,6 +267,17 @@ SPECTACULAR_SETTINGS = {
 }
 # Requests larger than this are refused with 413 before they are parsed.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("OPSCONSOLE_MAX_BODY_BYTES", 1_048_576)
+# OTLP trace ingestion (agents/telemetry, docs/telemetry.md): a batch's body as sent and once
+# decompressed (413 past either; the OTLP specification suggests 64 MiB), the export requests a
+# worker holds before answering 503 + Retry-After, and how long an observed run waits for its
+# root span (no new span meanwhile) before it is ended without it.
+OPSCONSOLE_OTLP_MAX_BODY_BYTES = env_int("OPSCONSOLE_OTLP_MAX_BODY_BYTES", 32 * 1024 * 1024)
+OPSCONSOLE_OTLP_MAX_DECODED_BYTES = env_int("OPSCONSOLE_OTLP_MAX_DECODED_BYTES", 64 * 1024 * 1024)
+OPSCONSOLE_OTLP_MAX_PENDING = env_int("OPSCONSOLE_OTLP_MAX_PENDING", 8)
+OPSCONSOLE_OTLP_ROOT_WAIT_SECONDS = env_int("OPSCONSOLE_OTLP_ROOT_WAIT_SECONDS", 300)
+# Paths whose bodies have a cap of their own instead of DATA_UPLOAD_MAX_MEMORY_SIZE
+# (opsconsole/limits.py RequestBodyLimit).
+OPSCONSOLE_BODY_LIMITS = {"/v1/traces": OPSCONSOLE_OTLP_MAX_BODY_BYTES}
 
 
 def env_rate(name: str, default: str) -> str | None:
@@ -283,6 +294,8 @@ def env_rate(name: str, default: str) -> str | None:
 OPSCONSOLE_RATE_LIMITS = {
     "runs": env_rate("OPSCONSOLE_RATE_RUNS", "60/min"),
     "tool_calls": env_rate("OPSCONSOLE_RATE_TOOL_CALLS", "600/min"),
+    # OTLP trace export requests (batches of up to 512 spans by default), per agent.
+    "otlp": env_rate("OPSCONSOLE_RATE_OTLP", "1200/min"),
 }
 OPSCONSOLE_RATE_LIMIT_CACHE = "default"
 # A tool call's arguments larger than this (as JSON) are refused with 413 args_too_large.
@@ -291,6 +304,10 @@ OPSCONSOLE_MAX_ARGS_BYTES = env_int("OPSCONSOLE_MAX_ARGS_BYTES", 65_536)
 # the window lock further attempts out until the window ends (opsconsole/login.py).
 OPSCONSOLE_LOGIN_MAX_FAILURES = env_int("OPSCONSOLE_LOGIN_MAX_FAILURES", 5)
 OPSCONSOLE_LOGIN_WINDOW_SECONDS = env_int("OPSCONSOLE_LOGIN_WINDOW_SECONDS", 900)
+# The gateway's fast path (agents/gateway/core.py): plain allowed tool calls answered before Django,
+# on PostgreSQL; off, every call goes through Django (the same decisions, about ten times the CPU).
+OPSCONSOLE_GATEWAY_FAST_PATH = env_bool("OPSCONSOLE_GATEWAY_FAST_PATH", True)
+OPSCONSOLE_GATEWAY_POOL_MAX = env_int("OPSCONSOLE_GATEWAY_POOL_MAX", 16)
 # The longest a client may long-poll a pending approval.
 OPSCONSOLE_MAX_WAIT_SECONDS = 30
 # Extra time a silent run gets past its max_seconds before the reaper stops it.
@@ -359,7 +376,7 @@ OPSCONSOLE_CONSOLE_STATE = {
     "degraded_tools": "agents.tools.selectors.degraded_tools",
 }
 # Celery task modules inside the apps' packages (autodiscovery finds only <app>/tasks.py).
-CELERY_IMPORTS = ["agents.gateway.tasks", "agents.monitoring.tasks"]
+CELERY_IMPORTS = ["agents.gateway.tasks", "agents.monitoring.tasks", "agents.telemetry.tasks"]
 # The embedded default's beat (opsconsole/scheduler.py), in this order on every tick:
 # (name in its result, Celery task, seconds between runs; 0 = every tick).
 OPSCONSOLE_EMBEDDED_SWEEPS = [
@@ -369,6 +386,7 @@ OPSCONSOLE_EMBEDDED_SWEEPS = [
     ("webhooks", "webhooks.deliver_due", 0),
     ("purged", "traces.purge", 3600),
     ("rollups", "monitoring.rollup", 60),
+    ("observed_finalized", "telemetry.finalize", 30),
 ]
 # Of those, the sweeps that wait on the outside world (webhook receivers): they run on a thread of
 # their own, so a slow receiver never delays approval expiry or the reaper.
@@ -382,6 +400,7 @@ CELERY_BEAT_SCHEDULE = {
     "deliver-due-webhooks": {"task": "webhooks.deliver_due", "schedule": 5.0},
     "purge-old-traces": {"task": "traces.purge", "schedule": 3600.0},
     "rollup-metrics": {"task": "monitoring.rollup", "schedule": 60.0},
+    "finalize-observed-runs": {"task": "telemetry.finalize", "schedule": 30.0},
 }
 
 # --- Background-work health (opsconsole/health.py) ------------------------------------------

@@ -7,13 +7,23 @@ from drf_spectacular.views import SpectacularAPIView
 from agents.gateway import api as gateway_api
 from agents.monitoring import views as monitoring_views
 from agents.policy import api as policy_api
+from agents.registry import api as registry_api
+from agents.runs import api as runs_api
+from agents.telemetry import api as telemetry_api
 from approvals import api as approval_api
 from opsconsole.login import ThrottledAdminLoginView
 
 api_v1 = [
-    path("runs", gateway_api.RunCreateView.as_view(), name="run-create"),
+    # GET lists runs (people, the automation API); POST starts one (agents, the gateway's view).
+    path("runs", runs_api.RunCollectionView.as_view(), name="run-create"),
     path("runs/<int:run_id>", gateway_api.RunDetailView.as_view(), name="run-detail"),
     path("runs/<int:run_id>/steps", gateway_api.StepCreateView.as_view(), name="step-create"),
+    path("runs/<int:run_id>/steps/gate", gateway_api.StepGateView.as_view(), name="step-gate"),
+    path(
+        "runs/<int:run_id>/steps/<int:ticket>/usage",
+        gateway_api.StepUsageView.as_view(),
+        name="step-usage",
+    ),
     path(
         "runs/<int:run_id>/tool-calls",
         gateway_api.ToolCallCreateView.as_view(),
@@ -34,6 +44,24 @@ api_v1 = [
         name="approval-decide",
     ),
     path("kill-switch", policy_api.KillSwitchView.as_view(), name="kill-switch"),
+    # The automation API (people's tokens, the console's roles).
+    path("agents", registry_api.AgentListView.as_view(), name="agent-list"),
+    path("agents/<slug:name>", registry_api.AgentDetailView.as_view(), name="agent-detail"),
+    path(
+        "agents/<slug:name>/keys", registry_api.AgentKeyIssueView.as_view(), name="agent-key-issue"
+    ),
+    path(
+        "agents/<slug:name>/enabled",
+        registry_api.AgentEnabledView.as_view(),
+        name="agent-set-enabled",
+    ),
+    path(
+        "agent-keys/<int:key_id>/revoke",
+        registry_api.AgentKeyRevokeView.as_view(),
+        name="agent-key-revoke",
+    ),
+    path("policy", policy_api.PolicyView.as_view(), name="policy"),
+    path("policy/dry-run", policy_api.PolicyDryRunView.as_view(), name="policy-dry-run"),
     path(
         "schema/",
         SpectacularAPIView.as_view(permission_classes=[], authentication_classes=[]),
@@ -59,5 +87,7 @@ urlpatterns = [
     path("api/v1/", include((api_v1, "api"), namespace="api")),
     path("django-admin/", _admin_site_urls()),
     path("metrics", monitoring_views.metrics, name="metrics"),
+    # OTLP/HTTP: where an exporter sends with OTEL_EXPORTER_OTLP_ENDPOINT=<console> (docs/telemetry.md)
+    path("v1/traces", telemetry_api.traces, name="otlp-traces"),
     path("", include("opsconsole.web_urls")),
 ]

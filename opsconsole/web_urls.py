@@ -27,6 +27,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("runs/", include("agents.runs.urls")),
     path("agents/", include("agents.registry.urls")),
+    path("policy/mcp/", include("agents.mcp.urls")),
     path("policy/", include("agents.policy.urls")),
     path("tools/", include("agents.tools.urls")),
     path("approvals/", include("approvals.urls")),

@@ -2,8 +2,8 @@
 
 Two halves. ``agents.demo.world.prepare`` is the server side (Django): it creates the demo
 users, the demo policy and the demo agents with fresh keys. This module, after it, talks to the
-console *only* through :mod:`agents.client` over HTTP, exactly as a real agent process would (an
-import contract holds it so): the ASGI server
+console *only* through the client package (:mod:`opsconsole_client`, ``clients/python/``) over
+HTTP, exactly as a real agent process would (an import contract holds it so): the ASGI server
 runs as a subprocess (:class:`opsconsole.devserver.ConsoleServer`) and :class:`Fleet` runs one
 thread per simulated agent. No model is involved; each agent follows a short script.
 
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.client import (
+from opsconsole_client import (
     CONTROL_PLANE_UNAVAILABLE,
     PROTOCOL_ERROR,
     Budgets,
@@ -57,14 +57,22 @@ class Pace:
 
 
 def _step(run: Run, pace: Pace, summary: str, tokens_in: int = 900) -> None:
+    """One simulated model call: asked for first (the step gate: a call that would break a
+    budget is refused before it is made), its usage reported after."""
+    tokens_in += pace.rng.randint(0, 300)
     tokens_out = pace.rng.randint(40, 160)
-    latency = pace.rng.randint(300, 1200)
-    run.step(
+    usd = round((tokens_in + tokens_out) * 0.000002, 6)
+    ticket = run.gate(
         model="sim-small",
-        tokens_in=tokens_in + pace.rng.randint(0, 300),
+        estimate_tokens=tokens_in + 160,
+        estimate_usd=round((tokens_in + 160) * 0.000002, 6),
+    )
+    run.usage(
+        ticket,
+        tokens_in=tokens_in,
         tokens_out=tokens_out,
-        usd=round((tokens_in + tokens_out) * 0.000002, 6),
-        latency_ms=latency,
+        usd=usd,
+        latency_ms=pace.rng.randint(300, 1200),
         summary=summary,
     )
     pace.pause(0.1)

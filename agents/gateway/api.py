@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from asgiref.sync import sync_to_async
@@ -27,7 +27,10 @@ from agents.gateway.serializers import (
     RunFinishSerializer,
     RunSerializer,
     StepCreateSerializer,
+    StepGateOutcomeSerializer,
+    StepGateSerializer,
     StepOutcomeSerializer,
+    StepUsageSerializer,
     ToolCallCreateSerializer,
     ToolCallSerializer,
     ToolResultSerializer,
@@ -35,6 +38,7 @@ from agents.gateway.serializers import (
 )
 from agents.models import Agent, Decision, Run
 from approvals.services import approval_expire_if_due
+from approvals.waits import approval_wait
 from opsconsole import roles
 from opsconsole.api_errors import UNAVAILABLE, error_response
 from opsconsole.audit import actor_name
@@ -130,6 +134,61 @@ class StepCreateView(APIView):
         )
 
 
+class StepGateView(APIView):
+    """Before a model call: the step is counted, or refused with the budget it would break."""
+
+    permission_classes = [IsAgent]
+
+    @extend_schema(
+        request=StepGateSerializer,
+        responses=StepGateOutcomeSerializer,
+        operation_id="step_gate",
+        tags=["agent"],
+    )
+    def post(self, request: Request, run_id: int) -> Response:
+        data = _valid(StepGateSerializer, request)
+        outcome = services.step_gate(agent=_agent(request), run_id=run_id, **data)
+        return Response(
+            StepGateOutcomeSerializer(
+                {
+                    "decision": outcome.decision,
+                    "stop_reason": outcome.stop_reason or None,
+                    "detail": outcome.detail,
+                    "ticket": outcome.ticket,
+                    "step": outcome.step,
+                    "run": outcome.run,
+                }
+            ).data
+        )
+
+
+class StepUsageView(APIView):
+    """After a gated model call: what it used."""
+
+    permission_classes = [IsAgent]
+
+    @extend_schema(
+        request=StepUsageSerializer,
+        responses=StepOutcomeSerializer,
+        operation_id="step_usage",
+        tags=["agent"],
+    )
+    def post(self, request: Request, run_id: int, ticket: int) -> Response:
+        data = _valid(StepUsageSerializer, request)
+        outcome = services.step_usage_report(
+            agent=_agent(request), run_id=run_id, ticket=ticket, **data
+        )
+        return Response(
+            StepOutcomeSerializer(
+                {
+                    "decision": outcome.decision,
+                    "stop_reason": outcome.stop_reason or None,
+                    "run": outcome.run,
+                }
+            ).data
+        )
+
+
 class ToolCallCreateView(APIView):
     permission_classes = [IsAgent]
     throttle_classes = [ToolCallRateThrottle]
@@ -210,10 +269,10 @@ class RunCancelView(APIView):
 
 # --- long-poll: GET /api/v1/tool-calls/{id}?wait=N --------------------------------------------
 #
-# An async view: a waiting agent holds no worker thread, only a coroutine that checks the
-# request's state a few times a second (each check borrows a thread for one indexed query).
-
-POLL_INTERVAL_SECONDS = 0.25
+# An async view: a waiting agent holds no worker thread, only a coroutine that sleeps until the
+# request's state may have changed (approvals.waits: woken by the decision, the expiry or the
+# cancel after it commits, with a slow safety poll), then reads it again (a thread for one
+# indexed query). It also wakes at the request's deadline, to expire it.
 
 
 def _poll_tool_call(agent: Agent, tool_call_id: int) -> tuple[dict[str, Any], bool]:
@@ -226,6 +285,16 @@ def _poll_tool_call(agent: Agent, tool_call_id: int) -> tuple[dict[str, Any], bo
     ):
         tool_call = selectors.tool_call_get_for_agent(agent=agent, tool_call_id=tool_call_id)
     return tool_call_payload(tool_call), tool_call.decision == Decision.PENDING_APPROVAL
+
+
+def _until_expiry(payload: dict[str, Any]) -> float:
+    """Seconds until the pending request expires (the poll expires it then), at least 0.05."""
+    approval = payload.get("approval") or {}
+    try:
+        expires = datetime.fromisoformat(str(approval["expires_at"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return 1.0
+    return max(0.05, (expires - datetime.now(UTC)).total_seconds() + 0.01)
 
 
 @extend_schema(
@@ -275,7 +344,7 @@ async def tool_call_detail(request: HttpRequest, tool_call_id: int) -> JsonRespo
             remaining = deadline - time.monotonic()
             if not pending or remaining <= 0:
                 return JsonResponse(payload)
-            await asyncio.sleep(min(POLL_INTERVAL_SECONDS, remaining))
+            await approval_wait(tool_call_id, min(remaining, _until_expiry(payload)))
     except NotFound as exc:
         return error_response(exc.code, exc.detail, 404)
     except DatabaseError as exc:

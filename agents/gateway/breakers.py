@@ -17,18 +17,30 @@ from opsconsole.live import broadcast, group_for
 
 
 def breaker_admit(tool: str, rule: ToolRule) -> tuple[ToolBreaker | None, bool]:
-    """Returns (locked breaker or None, degraded?). An open breaker turns half-open after its cool-down.
+    """Returns (breaker or None, degraded?). An open breaker turns half-open after its cool-down.
 
-    A person's degrade (``forced_until`` in the future) refuses the call whatever the state, and
-    leaves the state alone: when it ends or is lifted, the breaker goes on as it was. It is read
-    from the row this already locks, so the allowed path pays no query for it."""
-    breaker = ToolBreaker.objects.select_for_update().filter(tool=tool).first()
-    if breaker is not None and breaker.forced_at(timezone.now()):
+    A closed breaker is only read: the decisions of one tool never queue on its row (a
+    ``SELECT ... FOR UPDATE`` here made every decision of a tool wait for the one before it). The
+    row is locked only when there is a state to claim: an open breaker turning half-open and the
+    trial calls of a half-open one (the caller spends a trial slot on the locked row). A person's
+    degrade (``forced_until`` in the future) refuses the call whatever the state, and leaves the
+    state alone: when it ends or is lifted, the breaker goes on as it was."""
+    now = timezone.now()
+    breaker = ToolBreaker.objects.filter(tool=tool).first()
+    if breaker is None:
+        return None, False
+    if breaker.forced_at(now):
         return breaker, True
-    if breaker is None or breaker.state == BreakerState.CLOSED:
+    if breaker.state == BreakerState.CLOSED:
+        return breaker, False
+    # Open or half-open: claim under the row's lock (read again: it may have moved meanwhile).
+    breaker = ToolBreaker.objects.select_for_update().get(pk=breaker.pk)
+    if breaker.forced_at(now):
+        return breaker, True
+    if breaker.state == BreakerState.CLOSED:
         return breaker, False
     if breaker.state == BreakerState.OPEN:
-        cooled = breaker.opened_at and timezone.now() - breaker.opened_at >= timedelta(
+        cooled = breaker.opened_at and now - breaker.opened_at >= timedelta(
             seconds=rule.breaker["cooldown_seconds"]
         )
         if not cooled:

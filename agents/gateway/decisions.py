@@ -80,6 +80,7 @@ def tool_call_verdict(
     calls_of_tool: Callable[[], int],
     degraded: Callable[[ToolRule], bool],
     invalid_args: Callable[[ToolRule], list[str]] | None = None,
+    denied: str = "",
 ) -> Verdict:
     """Decide one tool call in SPEC.md's order (the run is known to be active).
 
@@ -92,6 +93,9 @@ def tool_call_verdict(
 
     Every counter is bounded by its column as well as by its budget: a call that would take
     ``tool_calls`` or ``usd`` past what the run's row holds stops with that budget's reason.
+
+    ``denied`` is a front door's own reason to deny an allowed tool at the allowlist's place
+    (the MCP endpoint's: the tool's definition changed upstream and waits for an admin).
     """
     check_args = invalid_args or (lambda rule: args_errors(rule, args))
     rule = policy.tool_rule_for(tool, agent_name)
@@ -114,10 +118,10 @@ def tool_call_verdict(
             stop_reasons.MAX_TOOL_CALLS,
             f"call {run.tool_calls + 1} of {_within(run.max_tool_calls, INT_COLUMN_MAX)}",
         )
-    elif not policy.is_allowed(tool, agent_name):
+    elif not policy.is_allowed(tool, agent_name) or denied:
         reason, detail = (
             stop_reasons.for_tool(stop_reasons.TOOL_DENIED, tool),
-            "not on the allowlist",
+            denied or "not on the allowlist",
         )
     elif errors := check_args(rule):
         reason, detail = (
@@ -146,6 +150,19 @@ def tool_call_verdict(
     return Verdict(decision, None, "", rule)
 
 
+REFUSABLE = (stop_reasons.TOOL_DENIED, stop_reasons.INVALID_TOOL_ARGS)
+
+
+def refusal_applies(*, policy: Policy, agent_name: str, stop_reason: str, refusals: int) -> bool:
+    """Whether a stopping verdict refuses only that call (the run goes on) rather than ending
+    the run: the policy's ``on_refusal: refuse_call`` for this agent, a denied tool or invalid
+    arguments (budgets, loops, breakers, the kill switch and a paused agent always stop), and
+    fewer than ``max_refusals`` refusals in the run so far (``refusals``)."""
+    action, limit = policy.refusal_rule(agent_name)
+    kind = stop_reason.partition(":")[0]
+    return action == "refuse_call" and kind in REFUSABLE and refusals < limit
+
+
 def step_verdict(
     *,
     run: RunCounters,
@@ -156,6 +173,10 @@ def step_verdict(
 ) -> str | None:
     """The stop reason of a model step that may not be counted, or None to continue.
 
+    ``tokens`` and ``usd`` are what the step used (a step reported after the model call) or
+    what it is estimated to use (the step gate, asked before the call): either way the step
+    that would take a counter past its budget is the one refused.
+
     A step that would take a counter past what its column holds is refused like one past its
     budget: the column's capacity is a ceiling under every budget (``max_usd`` unset still
     means at most 999999.999999 per run).
@@ -165,6 +186,13 @@ def step_verdict(
         return reason
     if run.steps + 1 > _within(run.max_steps, INT_COLUMN_MAX):
         return stop_reasons.MAX_STEPS
+    return spend_verdict(run=run, tokens=tokens, usd=usd)
+
+
+def spend_verdict(*, run: RunCounters, tokens: int, usd: Decimal) -> str | None:
+    """``max_tokens`` or ``max_usd`` when spending ``tokens`` and ``usd`` more would take the run
+    past that budget (or past what its column holds), else None. The step gate's usage report
+    asks it after the model call: the usage is recorded, and the run stops."""
     if run.tokens + tokens > _within(run.max_tokens, BIGINT_COLUMN_MAX):
         return stop_reasons.MAX_TOKENS
     if run.usd + usd > _usd_within(run.max_usd):

@@ -16,7 +16,10 @@ recorded (the environment):
 - a stop from outside the agent's calls (cancelled, the reaper, stop_all) stops the replay
   where it happened, unless the replay had already stopped;
 - a run the new policy lets go further than the recording ends with no stop reason (None):
-  what the agent would have done next is unknown.
+  what the agent would have done next is unknown;
+- a run recorded in observe mode (every call allowed) is compared with what enforcing would have
+  done then (its would-have decisions and first would-have stop), and its would-have kill switch
+  and disabled agent stand for the environment as recorded stops do.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ def recording_of(run: Run) -> dict[str, Any]:
         "agent_version": run.agent_version,
         "policy_version": run.policy_version,
         "stop_reason": run.stop_reason,
+        "mode": run.mode,
+        "would_stop_reason": run.would_stop_reason,
         "requested": requested,
         "events": [_recorded_event(run, event, calls) for event in events],
     }
@@ -90,6 +95,7 @@ def _recorded_event(run: Run, event: TraceEvent, calls: dict[int, ToolCall]) -> 
             tokens=int(data.get("tokens_in", 0)) + int(data.get("tokens_out", 0)),
             usd=str(data.get("usd", "0")),
             counted=bool(data.get("counted", True)),
+            would_stop_reason=data.get("would_stop_reason") or "",
         )
     elif event.kind == EventKind.TOOL_CALL:
         call = calls.get(event.tool_call_id or 0)
@@ -101,6 +107,8 @@ def _recorded_event(run: Run, event: TraceEvent, calls: dict[int, ToolCall]) -> 
             stop_reason=data.get("stop_reason") or "",
             # What became of the call in the end (approval verdicts, a cancelled run).
             final_stop_reason=(call.stop_reason if call else data.get("stop_reason")) or "",
+            would_decision=data.get("would_decision") or "",
+            would_stop_reason=data.get("would_stop_reason") or "",
         )
     elif event.kind == EventKind.TOOL_RESULT:
         kept.update(
@@ -140,6 +148,8 @@ class ReplayedDecision:
     old_valid: bool | None = None
     new_valid: bool | None = None
     note: str = ""
+    # Decided after the replay had stopped the run (it is a stop with that reason).
+    after_stop: bool = False
 
     @property
     def validity_changed(self) -> bool:
@@ -163,6 +173,8 @@ class ReplayResult:
     old_stop_reason: str
     new_stop_reason: str | None
     decisions: list[ReplayedDecision] = field(default_factory=list)
+    # Recorded in observe mode: ``old_*`` are what enforcing would have done then.
+    observed: bool = False
 
     @property
     def tool_calls(self) -> list[ReplayedDecision]:
@@ -170,7 +182,8 @@ class ReplayResult:
 
     @property
     def changed_decisions(self) -> list[ReplayedDecision]:
-        return [d for d in self.decisions if d.changed]
+        # An observed run went on past its would-have stop; enforced, nothing follows it.
+        return [d for d in self.decisions if d.changed and not (self.observed and d.after_stop)]
 
     @property
     def changed(self) -> bool:
@@ -269,13 +282,16 @@ def replay(recording: dict[str, Any], policy: Policy) -> ReplayResult:
     agent = recording["agent"]
     budgets = effective_budgets(recording.get("requested") or {}, policy.ceilings(agent))
     counters = _Counters(**{name: budgets[name] for name in BUDGET_NAMES})
+    observed = recording.get("mode") == "observe"
     result = ReplayResult(
         run_id=recording["run"],
         agent=agent,
         agent_version=recording.get("agent_version", ""),
         policy_version=policy.version,
-        old_stop_reason=recording["stop_reason"],
+        old_stop_reason=(observed and recording.get("would_stop_reason"))
+        or recording["stop_reason"],
         new_stop_reason=None,
+        observed=observed,
     )
     events = recording["events"]
     caused = _consequences(events)
@@ -315,11 +331,13 @@ def replay(recording: dict[str, Any], policy: Policy) -> ReplayResult:
                 stop(late or event["stop_reason"])
         elif kind == EventKind.STEP:
             steps += 1
+            recorded_stop = recorded_stop or event.get("would_stop_reason", "")
             entry = ReplayedDecision(
                 kind="step",
                 index=steps,
                 old_decision=Decision.STOP if recorded_stop else CONTINUE,
                 old_stop_reason=recorded_stop,
+                after_stop=stopped is not None,
             )
             if stopped is not None:
                 entry.new_decision, entry.new_stop_reason = Decision.STOP, stopped
@@ -350,15 +368,16 @@ def replay(recording: dict[str, Any], policy: Policy) -> ReplayResult:
                 tool=tool,
                 args=args,
                 tool_call_id=event["tool_call"],
-                old_decision=event["decision"],
-                old_stop_reason=event["final_stop_reason"],
+                old_decision=event.get("would_decision") or event["decision"],
+                old_stop_reason=event["final_stop_reason"] or event.get("would_stop_reason", ""),
+                after_stop=stopped is not None,
             )
             by_call[event["tool_call"]] = entry
             if stopped is not None:
                 entry.new_decision, entry.new_stop_reason = Decision.STOP, stopped
             else:
                 args_hash = canonical_hash(args)
-                recorded = event["stop_reason"]
+                recorded = event["stop_reason"] or event.get("would_stop_reason", "")
                 breaker_open = recorded == stop_reasons.for_tool(stop_reasons.TOOL_DEGRADED, tool)
                 verdict = tool_call_verdict(
                     policy=policy,
@@ -470,10 +489,22 @@ class DryRun:
     replayed: int
     skipped: int
     changed: list[ReplayResult]
+    # Runs recorded in observe mode, every one replayed (changed or not).
+    observed: list[ReplayResult] = field(default_factory=list)
 
     @property
     def stopped(self) -> list[ReplayResult]:
         return [result for result in self.changed if result.newly_stopped]
+
+    @property
+    def observed_stopped(self) -> list[ReplayResult]:
+        """Observed runs this policy, enforced, would have stopped: what switching the agents
+        to enforce would do to traffic like theirs."""
+        return [
+            result
+            for result in self.observed
+            if result.new_stop_reason not in (None, stop_reasons.OK, stop_reasons.ERROR)
+        ]
 
 
 def policy_dry_run(document: dict[str, Any], limit: int = 1000) -> DryRun:
@@ -486,7 +517,7 @@ def policy_dry_run(document: dict[str, Any], limit: int = 1000) -> DryRun:
     policy = draft_policy(document)
     runs = _with_trace(Run.objects.filter(status__in=ENDED_STATUSES).order_by("-started_at", "-id"))
     replayed = skipped = 0
-    changed = []
+    changed, observed = [], []
     for run in runs[:limit]:
         try:
             result = replay(recording_of(run), policy)
@@ -496,7 +527,9 @@ def policy_dry_run(document: dict[str, Any], limit: int = 1000) -> DryRun:
         replayed += 1
         if result.changed:
             changed.append(result)
-    return DryRun(replayed=replayed, skipped=skipped, changed=changed)
+        if result.observed:
+            observed.append(result)
+    return DryRun(replayed=replayed, skipped=skipped, changed=changed, observed=observed)
 
 
 def golden_mark(*, run_id: int, actor: str, note: str = "") -> GoldenRun:

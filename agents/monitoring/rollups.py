@@ -30,6 +30,7 @@ from agents import stop_reasons
 from agents.models import (
     ALL_VERSIONS,
     Agent,
+    AgentMode,
     BucketSize,
     EventKind,
     MetricRollup,
@@ -73,6 +74,8 @@ _Key = tuple[int | None, str]  # (agent id or None for every agent, version or "
 class _Samples:
     runs: int = 0
     stop_reasons: dict[str, int] | None = None
+    observed_runs: int = 0
+    would_stop_reasons: dict[str, int] | None = None
     tool_calls: list[int] | None = None
     usd: list[Decimal] | None = None
     tokens: list[int] | None = None
@@ -80,7 +83,7 @@ class _Samples:
     latencies: dict[str, list[int]] | None = None
 
     def __post_init__(self) -> None:
-        self.stop_reasons = {}
+        self.stop_reasons, self.would_stop_reasons = {}, {}
         self.tool_calls, self.usd, self.tokens, self.waits = [], [], [], []
         self.latencies = defaultdict(list)
 
@@ -96,14 +99,25 @@ def rollup_bucket(*, size: str, start: datetime) -> int:
     samples: dict[_Key, _Samples] = defaultdict(_Samples)
     run_keys: dict[int, tuple[_Key, ...]] = {}
 
-    for run_id, agent_id, version, calls, usd, reason in ended.values_list(
-        "pk", "agent_id", "agent_version", "tool_calls", "usd", "stop_reason"
+    for run_id, agent_id, version, calls, usd, reason, mode, would in ended.values_list(
+        "pk",
+        "agent_id",
+        "agent_version",
+        "tool_calls",
+        "usd",
+        "stop_reason",
+        "mode",
+        "would_stop_reason",
     ).iterator(chunk_size=2000):
         keys = run_keys[run_id] = _keys(agent_id, version)
         for key in keys:
             sample = samples[key]
             sample.runs += 1
             sample.stop_reasons[reason] = sample.stop_reasons.get(reason, 0) + 1
+            if mode == AgentMode.OBSERVE:
+                sample.observed_runs += 1
+            if would:
+                sample.would_stop_reasons[would] = sample.would_stop_reasons.get(would, 0) + 1
             sample.tool_calls.append(calls)
             sample.usd.append(usd)
 
@@ -147,6 +161,8 @@ def _fields(sample: _Samples, now: datetime) -> dict[str, Any]:
     return {
         "runs": sample.runs,
         "stop_reasons": dict(sorted(sample.stop_reasons.items())),
+        "observed_runs": sample.observed_runs,
+        "would_stop_reasons": dict(sorted(sample.would_stop_reasons.items())),
         "tool_calls_p50": percentile(sample.tool_calls, 50),
         "tool_calls_p95": percentile(sample.tool_calls, 95),
         "requests": len(sample.tokens),
@@ -313,6 +329,33 @@ def dashboard(
     order = [kind for kind in stop_reasons.ALL_KINDS if kind in kinds]
     return Dashboard(
         size=size, buckets=starts, series=series, stop_reason_kinds=order, older_start=older
+    )
+
+
+@dataclass(frozen=True)
+class WouldStopTotals:
+    """Observe mode over a span of rollups: how many observed runs ended, and how many enforcing
+    would have stopped, by stop reason kind (most first)."""
+
+    observed_runs: int
+    would_stop: int
+    by_kind: list[tuple[str, int]]
+
+
+def would_stop_totals(rows: Iterable[MetricRollup | None]) -> WouldStopTotals:
+    """Summed from rollup rows already read (nothing is queried)."""
+    observed = 0
+    kinds: dict[str, int] = defaultdict(int)
+    for row in rows:
+        if row is None:
+            continue
+        observed += row.observed_runs
+        for reason, n in (row.would_stop_reasons or {}).items():
+            kinds[stop_reasons.kind_of(reason)] += n
+    return WouldStopTotals(
+        observed_runs=observed,
+        would_stop=sum(kinds.values()),
+        by_kind=sorted(kinds.items(), key=lambda item: (-item[1], item[0])),
     )
 
 

@@ -97,6 +97,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "latest": [
             (key, next((r for r in reversed(rows) if r), None)) for key, rows in board.series
         ],
+        # Observe mode: what enforcing would have done to the runs in the span.
+        "would_stops": [(key, rollups.would_stop_totals(rows)) for key, rows in board.series],
         "agent_versions": rollups.agent_versions(),
         "alerts": drift_rules.drift_alert_list(limit=5),
         "export_query": _export_query(query["keys"][0].agent),

@@ -24,6 +24,20 @@ A policy document (the seed's default config is one as it stands)::
     agents:                       # optional, per agent: can only narrow the global policy
       support-bot: {allow: ["kb.read"], budgets: {max_tool_calls: 10}}
       # approve_all_writes: true  -> every write of the agent needs approval (drift rules set it)
+      # mode: observe             -> decisions are recorded as "would have", the agent is
+      #                              allowed (default enforce; the agent's page switches it)
+      # on_refusal / max_refusals -> the agent's own answer to a denial (see refusals)
+    refusals:                     # a denied tool or invalid arguments:
+      on_refusal: stop_run        # stop_run (ends the run) | refuse_call (refuses that call only)
+      max_refusals: 3             # with refuse_call: the refusal past this many stops the run
+    mcp:                          # upstream MCP servers behind the console's /mcp (docs/mcp.md)
+      servers:
+        files: {url: "https://files.example/mcp", headers: {Authorization: "Bearer ${FILES_TOKEN}"}}
+        git: {command: ["git-mcp", "--stdio"], env: {GIT_TOKEN: "${GIT_TOKEN}"}}
+      hold_seconds: {default: 25, clients: {claude-code: 240, openai-mcp: 3}}
+    prices:                       # USD per million tokens, by model (or model-name prefix): what
+      gpt-4o-mini: {input_per_million: 0.15, output_per_million: 0.60}  # observed model steps
+                                  # cost when the client sends no cost (agents/telemetry)
 
 ``normalise`` fills every default, so export -> import gives the same document.
 """
@@ -46,6 +60,7 @@ import yaml
 BUDGET_NAMES = ("max_steps", "max_seconds", "max_tool_calls", "max_usd", "max_tokens")
 READ_SUFFIXES = (".read", ".get", ".list", ".search")
 KILL_SWITCH_MODES = ("off", "disable_writes", "disable_expensive", "stop_all")
+AGENT_MODES = ("enforce", "observe")  # agents.models.AgentMode
 
 # A policy is written by people and read on every decision: it may not make the server fetch,
 # recurse or backtrack without bound (docs/reliability.md, "policy input").
@@ -95,6 +110,58 @@ _tool_name = {
     "type": "string",
     "pattern": TOOL_NAME_PATTERN,
     "maxLength": MAX_TOOL_NAME,
+}
+
+REFUSAL_ACTIONS = ("stop_run", "refuse_call")
+MCP_SERVER_NAME_PATTERN = r"^[A-Za-z0-9_\-]+$"  # the prefix of its tools' names: no dots
+MCP_DEFAULT_HOLD_SECONDS = 25
+# How long known MCP hosts wait for a tool call (research/mcp.md): a held call ends well before.
+# The policy's mcp.hold_seconds.clients overrides these; other clients get its default.
+MCP_KNOWN_CLIENT_HOLD_SECONDS = {"claude-code": 240.0, "claude-ai": 45.0, "openai-mcp": 3.0}
+_string_map = {"type": "object", "additionalProperties": {"type": "string", "maxLength": 4096}}
+_mcp_schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "servers": {
+            "type": "object",
+            "propertyNames": {
+                "type": "string",
+                "pattern": MCP_SERVER_NAME_PATTERN,
+                "maxLength": 64,
+            },
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                # Exactly one of url (Streamable HTTP) and command (stdio).
+                "oneOf": [{"required": ["url"]}, {"required": ["command"]}],
+                "properties": {
+                    "url": {"type": "string", "pattern": "^https?://", "maxLength": 2048},
+                    "command": {
+                        "type": "array",
+                        "items": {"type": "string", "maxLength": 4096},
+                        "minItems": 1,
+                    },
+                    "env": _string_map,
+                    "headers": _string_map,
+                    "description": {"type": "string"},
+                    "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                    "refresh_seconds": {"type": "number", "minimum": 0, "maximum": 86400},
+                },
+            },
+        },
+        "hold_seconds": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "default": {"type": "number", "minimum": 0, "maximum": 3600},
+                "clients": {
+                    "type": "object",
+                    "additionalProperties": {"type": "number", "minimum": 0, "maximum": 3600},
+                },
+            },
+        },
+    },
 }
 
 POLICY_SCHEMA: dict[str, Any] = {
@@ -170,6 +237,28 @@ POLICY_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {"mode_when_enabled": {"enum": list(KILL_SWITCH_MODES[1:])}},
         },
+        "refusals": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "on_refusal": {"enum": list(REFUSAL_ACTIONS)},
+                "max_refusals": {"type": "integer", "minimum": 0},
+            },
+        },
+        "mcp": _mcp_schema,
+        "prices": {
+            "type": "object",
+            "propertyNames": {"type": "string", "minLength": 1, "maxLength": 200},
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["input_per_million", "output_per_million"],
+                "properties": {
+                    "input_per_million": {"type": "number", "minimum": 0},
+                    "output_per_million": {"type": "number", "minimum": 0},
+                },
+            },
+        },
         "agents": {
             "type": "object",
             "propertyNames": {"type": "string", "pattern": r"^[-a-zA-Z0-9_]+$"},
@@ -182,6 +271,11 @@ POLICY_SCHEMA: dict[str, Any] = {
                     # Set by a drift rule (or a person): every write of this agent waits for
                     # a reviewer, whatever the tool's own approval rule says.
                     "approve_all_writes": {"type": "boolean"},
+                    # observe: every decision is made and recorded, the answer is allow.
+                    "mode": {"enum": list(AGENT_MODES)},
+                    # The agent's own answer to a denial (refusals), null: the global one.
+                    "on_refusal": {"enum": [*REFUSAL_ACTIONS, None]},
+                    "max_refusals": {"type": ["integer", "null"], "minimum": 0},
                 },
             },
         },
@@ -200,7 +294,10 @@ class PolicyError(ValueError):
 def parse_yaml(text: str) -> dict[str, Any]:
     if len(text) > MAX_DOCUMENT_BYTES:
         raise PolicyError([f"the policy is longer than {MAX_DOCUMENT_BYTES // 1024} KB"])
-    loader = _BoundedLoader(text)
+    try:
+        loader = _BoundedLoader(text)  # a control character fails here, in the reader
+    except yaml.YAMLError as exc:
+        raise PolicyError([f"not valid YAML: {exc}"]) from None
     try:
         node = loader.get_single_node()
         _check_expansion(node)
@@ -357,6 +454,9 @@ def normalise(raw: dict[str, Any]) -> dict[str, Any]:
             "allow": sorted(allow) if allow is not None else None,
             "budgets": {key: rule.get("budgets", {}).get(key) for key in BUDGET_NAMES},
             "approve_all_writes": rule.get("approve_all_writes", False),
+            "mode": rule.get("mode", "enforce"),
+            "on_refusal": rule.get("on_refusal"),
+            "max_refusals": rule.get("max_refusals"),
         }
     if errors:
         raise PolicyError(errors)
@@ -377,6 +477,33 @@ def normalise(raw: dict[str, Any]) -> dict[str, Any]:
             )
         },
         "agents": agents,
+        "refusals": {
+            "on_refusal": raw.get("refusals", {}).get("on_refusal", "stop_run"),
+            "max_refusals": raw.get("refusals", {}).get("max_refusals", 3),
+        },
+        "mcp": _mcp_normalise(raw.get("mcp", {})),
+        "prices": {name: dict(price) for name, price in sorted(raw.get("prices", {}).items())},
+    }
+
+
+def _mcp_normalise(raw: dict[str, Any]) -> dict[str, Any]:
+    servers = {}
+    for name, server in sorted(raw.get("servers", {}).items()):
+        servers[name] = {
+            **({"url": server["url"]} if "url" in server else {"command": server["command"]}),
+            "env": dict(sorted(server.get("env", {}).items())),
+            "headers": dict(sorted(server.get("headers", {}).items())),
+            "description": server.get("description", ""),
+            "timeout_seconds": server.get("timeout_seconds", 30),
+            "refresh_seconds": server.get("refresh_seconds", 60),
+        }
+    hold = raw.get("hold_seconds", {})
+    return {
+        "servers": servers,
+        "hold_seconds": {
+            "default": hold.get("default", MCP_DEFAULT_HOLD_SECONDS),
+            "clients": dict(sorted(hold.get("clients", {}).items())),
+        },
     }
 
 
@@ -501,6 +628,48 @@ class Policy:
                 if value is not None:
                     result[key] = value if result[key] is None else min(result[key], value)
         return result
+
+    def refusal_rule(self, agent_name: str) -> tuple[str, int]:
+        """(on_refusal, max_refusals) for one agent: its own, else the global one. Versions
+        published before refusals existed stop the run, as the gateway always did."""
+        refusals = self.document.get("refusals") or {}
+        agent_rule = self.document["agents"].get(agent_name) or {}
+        action = agent_rule.get("on_refusal") or refusals.get("on_refusal") or "stop_run"
+        limit = agent_rule.get("max_refusals")
+        if limit is None:
+            limit = refusals.get("max_refusals", 3)
+        return action, limit
+
+    @property
+    def mcp_servers(self) -> dict[str, dict[str, Any]]:
+        """The upstream MCP servers (name -> normalised config); {} before any was registered."""
+        return (self.document.get("mcp") or {}).get("servers", {})
+
+    def mcp_hold_seconds(self, client_name: str) -> float:
+        """How long a tools/call waiting for approval is held open for this MCP client."""
+        hold = (self.document.get("mcp") or {}).get("hold_seconds") or {}
+        clients = hold.get("clients", {})
+        if client_name in clients:
+            return float(clients[client_name])
+        if client_name in MCP_KNOWN_CLIENT_HOLD_SECONDS:
+            return MCP_KNOWN_CLIENT_HOLD_SECONDS[client_name]
+        return float(hold.get("default", MCP_DEFAULT_HOLD_SECONDS))
+
+    def price_for(self, model: str) -> tuple[Decimal, Decimal] | None:
+        """(input, output) USD per million tokens of ``model``: its own entry, else the longest
+        entry its name starts with (``gpt-4o-mini`` prices ``gpt-4o-mini-2024-07-18``)."""
+        prices = self.document.get("prices") or {}
+        price = prices.get(model)
+        if price is None and model:
+            matches = [name for name in prices if model.startswith(name)]
+            price = prices[max(matches, key=len)] if matches else None
+        if price is None:
+            return None
+        return Decimal(str(price["input_per_million"])), Decimal(str(price["output_per_million"]))
+
+    def mode_for(self, agent_name: str) -> str:
+        """``enforce`` or ``observe`` (versions published before modes existed: enforce)."""
+        return (self.document["agents"].get(agent_name) or {}).get("mode") or "enforce"
 
     @property
     def loop_max_repeats(self) -> int:

@@ -9,10 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from agents.gateway.tasks import kill_switch_sweep
 from agents.models import (
+    Agent,
+    AgentMode,
     KillSwitch,
     KillSwitchMode,
     PolicyVersion,
@@ -60,6 +63,8 @@ def policy_publish(
             reason=reason,
             restored_from=restored_from,
         )
+        # Before the audit rows: the audit chain's head is always locked last.
+        _agent_modes_follow(normalised, author=author, reason=reason, number=number)
         audit_record(
             actor=author,
             action="policy.publish",
@@ -76,6 +81,32 @@ def policy_publish(
             {"version": number, "author": author, "reason": reason},
         )
     return version
+
+
+def _agent_modes_follow(document: dict[str, Any], *, author: str, reason: str, number: int) -> None:
+    """Each agent's row takes the mode the new version gives it (observe or enforce), in the
+    publishing transaction, so the gateway reads it with the agent; each switch is audited."""
+    observed = [
+        name for name, rule in document["agents"].items() if rule.get("mode") == AgentMode.OBSERVE
+    ]
+    switching = Agent.objects.select_for_update().filter(
+        Q(name__in=observed) & ~Q(mode=AgentMode.OBSERVE)
+        | ~Q(name__in=observed) & Q(mode=AgentMode.OBSERVE)
+    )
+    for agent in switching:
+        before = agent.mode
+        agent.mode = AgentMode.OBSERVE if agent.name in observed else AgentMode.ENFORCE
+        agent.save(update_fields=["mode"])
+        audit_record(
+            actor=author,
+            action="agent.mode",
+            target_type="agent",
+            target_id=agent.name,
+            reason=reason,
+            before={"mode": before},
+            after={"mode": agent.mode, "policy_version": number},
+        )
+        broadcast([group_for("agents")], "agents.changed", {"name": agent.name})
 
 
 def policy_amend(

@@ -34,6 +34,19 @@ class AgentEnableForm(forms.Form):
         return data
 
 
+class AgentModeForm(forms.Form):
+    mode = forms.ChoiceField(choices=[("enforce", "enforce"), ("observe", "observe")])
+    reason = forms.CharField(required=False, max_length=2000)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("mode") == "observe" and not (data.get("reason") or "").strip():
+            self.add_error(
+                "reason", "Say why the agent is observed: its calls are allowed whatever happens."
+            )
+        return data
+
+
 class AgentPauseForm(forms.Form):
     reason = forms.CharField(
         max_length=2000,

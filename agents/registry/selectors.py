@@ -122,7 +122,15 @@ def agent_activity(*, agent: Agent) -> AgentActivity:
         recent_runs=list(Run.objects.filter(agent=agent).order_by("-started_at", "-id")[:RECENT]),
         recent_calls=list(
             calls.only(
-                "id", "run_id", "tool", "decision", "stop_reason", "detail", "created_at"
+                "id",
+                "run_id",
+                "tool",
+                "decision",
+                "stop_reason",
+                "detail",
+                "created_at",
+                "would_decision",
+                "would_stop_reason",
             ).order_by("-created_at", "-id")[:RECENT]
         ),
     )

@@ -12,7 +12,9 @@ from django.utils import timezone
 from agents.models import (
     Agent,
     AgentKey,
+    AgentMode,
 )
+from agents.policy.selectors import policy_current
 from agents.policy.services import policy_amend
 from opsconsole import keys
 from opsconsole.audit import audit_record
@@ -40,7 +42,9 @@ def agent_create(
     with transaction.atomic():
         if Agent.objects.filter(name=name).exists():
             raise Conflict(f"An agent named {name!r} already exists.", code="agent_exists")
-        agent = Agent.objects.create(name=name, description=description)
+        # A policy may name the agent before it exists: its mode is the policy's from the start.
+        mode = policy_current().mode_for(name)
+        agent = Agent.objects.create(name=name, description=description, mode=mode)
         audit_record(
             actor=actor,
             action="agent.create",
@@ -52,13 +56,43 @@ def agent_create(
         if tools:
 
             def add_allowlist(document: dict[str, Any]) -> bool:
-                document["agents"][name] = {"allow": sorted(set(tools)), "budgets": {}}
+                document["agents"][name] = {
+                    "allow": sorted(set(tools)),
+                    "budgets": {},
+                    "mode": mode,
+                }
                 return True
 
             policy_amend(
                 change=add_allowlist, author=actor, reason=f"allowlist for new agent {name}"
             )
     return agent
+
+
+def agent_mode_set(*, agent: Agent, mode: str, actor: str, reason: str = "") -> Agent:
+    """Switch an agent between ``enforce`` and ``observe`` (admins): a new policy version with
+    the agent's ``mode``, which the agent's row follows in the same transaction (audited there as
+    ``agent.mode``, with the version). Observe mode lets every call through, so it needs a
+    reason. Setting the mode it already has publishes nothing."""
+    if mode not in AgentMode.values:
+        raise Invalid(f"mode must be one of {', '.join(AgentMode.values)}.", code="invalid_mode")
+    reason = reason.strip()
+    if mode == AgentMode.OBSERVE and not reason:
+        raise Invalid(
+            "Say why the agent is observed: its calls are allowed whatever the policy says.",
+            code="reason_required",
+        )
+    name = agent.name
+
+    def set_mode(document: dict[str, Any]) -> bool:
+        entry = document["agents"].setdefault(name, {"allow": None, "budgets": {}})
+        if entry.get("mode", AgentMode.ENFORCE) == mode:
+            return False
+        entry["mode"] = mode
+        return True
+
+    policy_amend(change=set_mode, author=actor, reason=reason or f"{name}: {mode} mode")
+    return Agent.objects.get(pk=agent.pk)
 
 
 def agent_key_issue(*, agent: Agent, actor: str, label: str = "") -> tuple[AgentKey, str]:

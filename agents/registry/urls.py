@@ -15,5 +15,7 @@ urlpatterns = [
     path("<slug:name>/keys", views.agent_key_issue, name="key_issue"),
     path("<slug:name>/enabled", views.agent_set_enabled, name="set_enabled"),
     path("<slug:name>/pause", views.agent_pause, name="pause"),
+    path("<slug:name>/mode", views.agent_set_mode, name="set_mode"),
+    path("<slug:name>/migration-path", views.agent_migration_path, name="migration_path"),
     path("<slug:name>/resume", views.agent_resume, name="resume"),
 ]

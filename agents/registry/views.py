@@ -10,10 +10,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from agents.models import AgentKey
 from agents.policy import selectors as policy_selectors
-from agents.registry import selectors, services
+from agents.registry import migration_path, selectors, services
 from agents.registry.forms import (
     AgentCreateForm,
     AgentEnableForm,
+    AgentModeForm,
     AgentPauseForm,
     KeyIssueForm,
 )
@@ -66,6 +67,9 @@ def _agent_page(request: HttpRequest, name: str, **extra) -> HttpResponse:
         "key_form": KeyIssueForm(),
         "enable_form": AgentEnableForm(initial={"enabled": "0" if agent.enabled else "1"}),
         "pause_form": AgentPauseForm(),
+        "mode_form": AgentModeForm(
+            initial={"mode": "enforce" if agent.mode == "observe" else "observe"}
+        ),
         "policy_rule": policy.document["agents"].get(agent.name),
         "allowed_tools": policy.allowed_tools(agent.name),
         "spend": selectors.agent_spend(agent_ids=[agent.pk]).get(agent.pk, selectors.Spend()),
@@ -143,6 +147,37 @@ def agent_set_enabled(request: HttpRequest, name: str) -> HttpResponse:
         else f"Agent {name} disabled: its runs stop with agent_disabled at their next call.",
     )
     return redirect("agents:detail", name=name)
+
+
+@role_required(roles.ADMIN)
+@require_POST
+def agent_set_mode(request: HttpRequest, name: str) -> HttpResponse:
+    """Observe or enforce: a new policy version, audited (``agent.mode``)."""
+    agent = or_404(selectors.agent_get, name=name)
+    form = AgentModeForm(request.POST)
+    if not form.is_valid():
+        return _agent_page(request, name, mode_form=form, status=422)
+    mode = form.cleaned_data["mode"]
+    services.agent_mode_set(
+        agent=agent, mode=mode, reason=form.cleaned_data["reason"], actor=actor_name(request.user)
+    )
+    messages.success(
+        request,
+        f"Agent {name} is in observe mode: its calls are allowed and what enforcing would have "
+        "done is recorded on its runs."
+        if mode == "observe"
+        else f"Agent {name} is in enforce mode: the gateway's decisions apply from its next call.",
+    )
+    return redirect("agents:detail", name=name)
+
+
+@role_required(roles.ONCALL)
+@require_GET
+def agent_migration_path(request: HttpRequest, name: str) -> HttpResponse:
+    """The seed's migration path for one agent, each step's state computed from the data."""
+    agent = or_404(selectors.agent_get, name=name)
+    steps = migration_path.migration_path(agent=agent)
+    return render(request, "agents/migration_path.html", {"agent": agent, "path": steps})
 
 
 @role_required(roles.ONCALL)

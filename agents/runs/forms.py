@@ -10,7 +10,7 @@ from django import forms
 from django.utils import timezone
 
 from agents import stop_reasons
-from agents.models import RunStatus
+from agents.models import RunSource, RunStatus
 
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}
 
@@ -47,6 +47,15 @@ class RunFilterForm(forms.Form):
         required=False,
         choices=[("", "newest first"), ("cost", "most expensive first")],
     )
+    # Observed runs come from OTLP traces (agents/telemetry); the gateway's were decided by it.
+    source = forms.ChoiceField(
+        required=False,
+        choices=[
+            ("", "any source"),
+            (RunSource.OTLP, "observed (OTLP)"),
+            (RunSource.GATEWAY, "gateway"),
+        ],
+    )
 
     def clean_stop_reason(self) -> str:
         value = self.cleaned_data["stop_reason"].strip()
@@ -78,6 +87,7 @@ class RunFilterForm(forms.Form):
             "search": (data.get("q") or "").strip() or None,
             "tool": (data.get("tool") or "").strip() or None,
             "sort": data.get("sort") or "newest",
+            "source": data.get("source") or None,
         }
 
 

@@ -67,6 +67,7 @@ def run_page(
     sort: str = "newest",
     after: KeysetCursor | AmountCursor | None = None,
     limit: int = 50,
+    source: str | None = None,
 ) -> tuple[list[Run], KeysetCursor | AmountCursor | None]:
     """One page of runs and the cursor of the next page (None on the last).
 
@@ -87,6 +88,9 @@ def run_page(
         runs = runs.filter(task__icontains=search)
     if tool:
         runs = runs.filter(Exists(ToolCall.objects.filter(run=OuterRef("pk"), tool=tool)))
+    if source:
+        # Observed runs only: run_observed_list_idx holds just those, in list order.
+        runs = runs.filter(source=source)
     runs = runs.defer("metadata", "answer", "error", "request_hash")
     if sort == "cost":
         runs = runs.order_by("-usd", "-id")

@@ -62,7 +62,8 @@ def run_lock_for_agent(*, agent: Agent, run_id: int) -> Run:
 
 
 def agent_state_hold(agent: Agent) -> Agent:
-    """Refresh the agent's enabled state inside the caller's transaction, and hold it there.
+    """Refresh the agent's enabled state (and its mode) inside the caller's transaction, and hold
+    it there.
 
     The row the request authenticated with can be a few milliseconds old: a pause committed
     since would let one more call through, stamped after the pause. Read here, under
@@ -72,7 +73,7 @@ def agent_state_hold(agent: Agent) -> Agent:
     transaction at a time, which gives the same order.
     """
     sql = (
-        f"SELECT enabled, paused, disabled_reason, disabled_by FROM {Agent._meta.db_table} "
+        f"SELECT enabled, paused, disabled_reason, disabled_by, mode FROM {Agent._meta.db_table} "
         "WHERE id = %s"
     )
     if connection.vendor == "postgresql":
@@ -81,7 +82,7 @@ def agent_state_hold(agent: Agent) -> Agent:
         cursor.execute(sql, [agent.pk])
         row = cursor.fetchone()
     if row is not None:
-        enabled, paused, agent.disabled_reason, agent.disabled_by = row
+        enabled, paused, agent.disabled_reason, agent.disabled_by, agent.mode = row
         agent.enabled, agent.paused = bool(enabled), bool(paused)  # SQLite answers 0 or 1
     return agent
 

@@ -1,8 +1,13 @@
-"""Shared by the client's tests: a tool implementation that records its calls."""
+"""Shared by the client's tests: a tool implementation that records its calls, the scripted
+gateway."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import pytest
+
+from tests.client.scripted import ScriptedGateway
 
 
 class Impl:
@@ -18,3 +23,8 @@ class Impl:
         if self.error is not None:
             raise self.error
         return self.output
+
+
+@pytest.fixture
+def scripted() -> ScriptedGateway:
+    return ScriptedGateway()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from agents.client import Budgets, Gateway, Stop
+from opsconsole_client import Budgets, Gateway, Stop
 from tests.client.conftest import Impl
 
 # transaction=True: the reviewer threads need to see what the test wrote, and vice versa.

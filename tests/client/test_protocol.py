@@ -1,24 +1,22 @@
-"""The Python client against a scripted gateway (httpx.MockTransport): it speaks the protocol and
-fails closed on every doubt. (tests/client/test_end_to_end.py drives the real gateway.)"""
+"""The Python client (``opsconsole_client``) against a scripted gateway (httpx.MockTransport):
+it speaks the protocol and fails closed on every doubt. (tests/client/test_end_to_end.py drives
+the real gateway; test_stop.py, test_retries.py, test_step_gate.py, test_async.py the rest.)"""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from agents.client import (
+from opsconsole_client import (
     CONTROL_PLANE_UNAVAILABLE,
     PROTOCOL_ERROR,
     Budgets,
@@ -27,86 +25,9 @@ from agents.client import (
     Stop,
 )
 from tests.client.conftest import Impl
+from tests.client.scripted import pending_json, run_json, started_run, tool_call_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_json(run_id: int = 7, status: str = "running", stop_reason: str | None = None) -> dict:
-    return {
-        "id": run_id,
-        "agent": "support-bot",
-        "status": status,
-        "stop_reason": stop_reason,
-        "budgets": {},
-        "usage": {"steps": 0, "tool_calls": 0, "tokens": 0, "usd": 0.0, "seconds": 0.0},
-    }
-
-
-def tool_call_json(decision: str = "allow", stop_reason: str | None = None, **extra) -> dict:
-    return {
-        "id": 11,
-        "tool": "search.read",
-        "decision": decision,
-        "stop_reason": stop_reason,
-        "detail": "",
-        "approval": None,
-        "run": run_json(),
-        **extra,
-    }
-
-
-Handler = Callable[[httpx.Request], httpx.Response]
-
-
-class ScriptedGateway:
-    """Answers each route with a handler; by default everything goes well. Records requests."""
-
-    def __init__(self) -> None:
-        self.requests: list[httpx.Request] = []
-        self.routes: dict[str, Handler] = {
-            "POST /api/v1/runs": lambda r: httpx.Response(201, json=run_json()),
-            "POST /api/v1/runs/7/steps": lambda r: httpx.Response(
-                200, json={"decision": "continue", "stop_reason": None, "run": run_json()}
-            ),
-            "POST /api/v1/runs/7/tool-calls": lambda r: httpx.Response(200, json=tool_call_json()),
-            "GET /api/v1/tool-calls/11": lambda r: httpx.Response(200, json=tool_call_json()),
-            "POST /api/v1/tool-calls/11/result": lambda r: httpx.Response(
-                200, json={"valid": True, "stop_reason": None, "errors": [], "run": run_json()}
-            ),
-            "POST /api/v1/runs/7/finish": lambda r: httpx.Response(
-                200, json=run_json(status="succeeded", stop_reason="ok")
-            ),
-        }
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        route = f"{request.method} {request.url.path}"
-        handler = self.routes.get(route)
-        if handler is None:
-            return httpx.Response(404, json={"error": "not_found", "detail": route})
-        return handler(request)
-
-    def sent(self, route: str) -> list[dict[str, Any]]:
-        method, path = route.split(" ", 1)
-        return [
-            json.loads(r.content) if r.content else {}
-            for r in self.requests
-            if r.method == method and r.url.path == path
-        ]
-
-    def gateway(self, **options) -> Gateway:
-        return Gateway(
-            "http://gateway.test", "aok_test", transport=httpx.MockTransport(self.handle), **options
-        )
-
-
-@pytest.fixture
-def scripted() -> ScriptedGateway:
-    return ScriptedGateway()
-
-
-def started_run(scripted: ScriptedGateway, **options):
-    return scripted.gateway(**options).run("answer a customer question")
 
 
 @pytest.mark.parametrize("status", [503, 500, 502])
@@ -195,7 +116,7 @@ def test_an_answer_it_cannot_interpret_is_a_stop_and_the_tool_never_runs(scripte
     [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("eof")],
     ids=["connect", "timeout", "dropped"],
 )
-def test_a_transport_error_is_a_stop_after_one_retry_with_the_same_key(scripted, error):
+def test_a_transport_error_is_a_stop_after_its_retries_with_the_same_key(scripted, error):
     def fail(request: httpx.Request) -> httpx.Response:
         raise error
 
@@ -209,8 +130,8 @@ def test_a_transport_error_is_a_stop_after_one_retry_with_the_same_key(scripted,
     assert stopped.value.reason == CONTROL_PLANE_UNAVAILABLE
     assert impl.calls == []
     attempts = scripted.sent("POST /api/v1/runs/7/tool-calls")
-    assert len(attempts) == 2
-    assert attempts[0]["idempotency_key"] == attempts[1]["idempotency_key"]
+    assert len(attempts) == 3  # RetryPolicy().attempts
+    assert len({attempt["idempotency_key"] for attempt in attempts}) == 1
 
 
 def test_a_lost_answer_is_retried_with_the_same_key_and_the_tool_runs_once(scripted):
@@ -427,20 +348,6 @@ def test_a_finish_refused_because_the_run_was_stopped_raises_its_stop_reason(scr
     assert stopped.value.reason == "cancelled"
 
 
-def pending_json(expires_at: datetime) -> dict:
-    return tool_call_json(
-        decision="pending_approval",
-        tool="email.send",
-        approval={
-            "id": 3,
-            "status": "pending",
-            "reviewers_required": 1,
-            "approvals": 0,
-            "expires_at": expires_at.isoformat().replace("+00:00", "Z"),
-        },
-    )
-
-
 def test_a_pending_approval_is_long_polled_until_allowed(scripted):
     answers = iter(
         [
@@ -517,7 +424,7 @@ def test_budgets_send_only_what_is_set():
 def test_the_client_imports_without_django():
     environment = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     code = (
-        "import sys; import agents.client; "
+        "import sys; import opsconsole_client; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'django'))"
     )
     result = subprocess.run(

@@ -69,6 +69,7 @@ PUBLIC_PAGES = {
     "healthz": "the load balancer's health check (no data)",
     "favicon": "the browser tab icon, a redirect to a static file (no data)",
     "metrics": "Prometheus scrape; closed by OPSCONSOLE_METRICS_TOKEN when set",
+    "otlp-traces": "OTLP/HTTP receiver: an agent key, not a role (tests/telemetry/test_receiver.py)",
 }
 
 PERSONAS = (
@@ -107,6 +108,8 @@ API_EXPECTATIONS: dict[tuple[str, str], tuple[dict | None, dict[str, int]]] = {
         _expect(agent=200, other_agent=404, outsider=403, oncall=200, reviewer=200, admin=200),
     ),
     ("api:step-create", "post"): ({"tokens_in": 1}, AGENT_ONLY_OBJECT),
+    ("api:step-gate", "post"): ({"estimate_tokens": 1}, AGENT_ONLY_OBJECT),
+    ("api:step-usage", "post"): ({"tokens_in": 1}, AGENT_ONLY_OBJECT),
     ("api:tool-call-create", "post"): ({"tool": "kb.read", "args": {}}, AGENT_ONLY_OBJECT),
     ("api:run-finish", "post"): ({"status": "succeeded"}, AGENT_ONLY_OBJECT),
     ("api:run-cancel", "post"): (
@@ -129,6 +132,39 @@ API_EXPECTATIONS: dict[tuple[str, str], tuple[dict | None, dict[str, int]]] = {
         _expect(**PEOPLE_ONLY, oncall=403, reviewer=403, admin=200),
     ),
     ("api:schema", "get"): (None, dict.fromkeys(PERSONAS, 200)),
+    # The automation API: the console's roles, with people's tokens.
+    ("api:run-create", "get"): (None, _expect(**PEOPLE_ONLY, oncall=200, reviewer=200, admin=200)),
+    ("api:agent-list", "get"): (None, _expect(**PEOPLE_ONLY, oncall=403, reviewer=403, admin=200)),
+    ("api:agent-list", "post"): (
+        {"name": "matrix-bot"},
+        _expect(**PEOPLE_ONLY, oncall=403, reviewer=403, admin=201),
+    ),
+    ("api:agent-detail", "get"): (
+        None,
+        _expect(**PEOPLE_ONLY, oncall=403, reviewer=403, admin=200),
+    ),
+    ("api:agent-key-issue", "post"): (
+        {"label": "matrix"},
+        _expect(**PEOPLE_ONLY, oncall=403, reviewer=403, admin=201),
+    ),
+    ("api:agent-key-revoke", "post"): (
+        None,
+        _expect(**PEOPLE_ONLY, oncall=403, reviewer=403, admin=200),
+    ),
+    ("api:agent-set-enabled", "put"): (
+        {"enabled": True},
+        _expect(**PEOPLE_ONLY, oncall=403, reviewer=403, admin=200),
+    ),
+    ("api:policy", "get"): (None, _expect(**PEOPLE_ONLY, oncall=200, reviewer=200, admin=200)),
+    # base_version 1 is stale (the fixture published v2): past the role check, a 409.
+    ("api:policy", "post"): (
+        {"yaml": POLICY, "reason": "matrix", "base_version": 1},
+        _expect(**PEOPLE_ONLY, oncall=403, reviewer=403, admin=409),
+    ),
+    ("api:policy-dry-run", "post"): (
+        {"yaml": POLICY},
+        _expect(**PEOPLE_ONLY, oncall=403, reviewer=403, admin=200),
+    ),
 }
 
 
@@ -195,7 +231,15 @@ def _api_path(name: str, world: World) -> str:
     kwargs = {"run_id": world.run_id, "tool_call_id": world.tool_call_id}
     kwargs["request_id"] = world.request_id
     route = next(r for r in API_ROUTES if r.name == name)
-    wanted = {k: v for k, v in kwargs.items() if f"<int:{k}>" in route.pattern}
+    if "<slug:name>" in route.pattern:
+        kwargs["name"] = Run.objects.get(pk=world.run_id).agent.name
+    if "<int:key_id>" in route.pattern:  # a spare key: revoking the agent's own would lock it out
+        agent = Run.objects.get(pk=world.run_id).agent
+        kwargs["key_id"] = registry_services.agent_key_issue(agent=agent, actor="system")[0].pk
+    if "<int:ticket>" in route.pattern:  # a gated step of the run, its usage not yet reported
+        agent = Run.objects.get(pk=world.run_id).agent
+        kwargs["ticket"] = gateway_services.step_gate(agent=agent, run_id=world.run_id).ticket
+    wanted = {k: v for k, v in kwargs.items() if f":{k}>" in route.pattern}
     return reverse(name, kwargs=wanted)
 
 

@@ -3,7 +3,7 @@
 pytest-django's ``live_server`` serves no websockets, so these use Channels'
 ``ChannelsLiveServerTestCase``: daphne in a forked child process, serving HTTP and the live
 socket from the same process. The simulated agents are the real Python client
-(``agents.client``) in a background thread, calling the gateway over HTTP on that server, so
+(``opsconsole_client``) in a background thread, calling the gateway over HTTP on that server, so
 every broadcast happens in the server process and the in-memory channel layer of the embedded
 default reaches the browser as well as Redis does.
 
@@ -29,12 +29,12 @@ from channels.testing import ChannelsLiveServerTestCase
 from django.db import connections
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
-from agents.client import Budgets, Gateway, Interrupted, Stop
 from agents.demo.world import demo_policy_document
 from agents.models import Agent, KillSwitch, Run, ToolCall
 from agents.policy import services
 from approvals.models import ApprovalRequest
 from opsconsole import roles
+from opsconsole_client import Budgets, Gateway, Interrupted, Stop
 from tests.conftest import AgentPersona, Person, make_agent, make_person, restore_baseline
 
 pytestmark = pytest.mark.browser

@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from django.db import DatabaseError
 
-from agents.client import CONTROL_PLANE_UNAVAILABLE, Budgets, Gateway, Stop
 from agents.models import KillSwitch, Run, ToolCall
 from approvals.models import ApprovalRequest
 from opsconsole.devserver import ConsoleServer, EnvOverrides, child_environment, free_port
 from opsconsole.models import AuditEntry
+from opsconsole_client import CONTROL_PLANE_UNAVAILABLE, Budgets, Gateway, RetryPolicy, Stop
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = """
@@ -102,7 +102,12 @@ class Load:
     def _worker(self, worker: int) -> None:
         counter = 0
         while not self.stopping.is_set():
-            gateway = Gateway(self.base, self.key, timeout=DECISION_BOUND_SECONDS + 2, retries=0)
+            gateway = Gateway(
+                self.base,
+                self.key,
+                timeout=DECISION_BOUND_SECONDS + 2,
+                retry_policy=RetryPolicy(attempts=1),
+            )
             started = time.monotonic()
             try:
                 with gateway.run(f"fault load {worker}", budgets=BIG_BUDGETS) as run:

@@ -1,0 +1,150 @@
+"""The MCP endpoint as an ASGI application, mounted at ``/mcp`` beside Django
+(``opsconsole/asgi.py``): agent-key authentication, then the SDK's Streamable HTTP transport,
+which serves both protocol eras (the 2025-11-25 handshake and the stateless 2026-07-28).
+
+The SDK's session manager needs a task group that outlives requests. It is started on the first
+MCP request of the process (the console runs under uvicorn with ``--lifespan off``) and lives as
+long as the process; upstream connections live in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from rest_framework.exceptions import AuthenticationFailed
+
+from agents.mcp.server import build_server
+from opsconsole.authentication import authenticate_bearer, is_agent
+
+logger = logging.getLogger("opsconsole.mcp")
+
+MCP_PATH = "/mcp"
+
+Scope = dict[str, Any]
+
+
+def _security() -> TransportSecuritySettings:
+    """Host and Origin checks against DNS rebinding: the console's own allowed hosts."""
+    hosts = [h for h in settings.ALLOWED_HOSTS if h != "*"]
+    if "*" in settings.ALLOWED_HOSTS:
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    allowed_hosts = [*hosts, *(f"{h}:*" for h in hosts)]
+    origins = [
+        *settings.CSRF_TRUSTED_ORIGINS,
+        *(f"{scheme}://{h}" for h in hosts for scheme in ("http", "https")),
+        *(f"{scheme}://{h}:*" for h in hosts for scheme in ("http", "https")),
+    ]
+    return TransportSecuritySettings(allowed_hosts=allowed_hosts, allowed_origins=origins)
+
+
+async def _send_json(send: Any, status: int, body: dict[str, Any], headers=()) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class McpApp:
+    """``/mcp``: authenticate the agent key, then hand the request to the SDK."""
+
+    def __init__(self) -> None:
+        self.server = build_server()
+        self.manager = StreamableHTTPSessionManager(
+            app=self.server,
+            security_settings=_security(),
+            max_request_body_size=settings.DATA_UPLOAD_MAX_MEMORY_SIZE,
+        )
+        self._started: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run_manager(self, started: asyncio.Future[None]) -> None:
+        try:
+            async with self.manager.run():
+                started.set_result(None)
+                await asyncio.Event().wait()  # as long as the process
+        except BaseException as exc:
+            if not started.done():
+                started.set_exception(exc)
+            raise
+
+    async def _ensure_started(self) -> None:
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_future()
+            self._task = asyncio.get_running_loop().create_task(
+                self._run_manager(self._started), name="mcp-session-manager"
+            )
+        await asyncio.shield(self._started)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):  # cancelled, as asked
+                await self._task
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        header = ""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                header = value.decode("latin-1")
+        try:
+            agent, _ = await sync_to_async(authenticate_bearer)(header)
+        except AuthenticationFailed as exc:
+            await _send_json(
+                send,
+                401,
+                {"error": "unauthenticated", "detail": str(exc.detail)},
+                [(b"www-authenticate", b'Bearer realm="mcp"')],
+            )
+            return
+        except DatabaseError as exc:
+            logger.warning("control plane unavailable: %s", exc)
+            await _send_json(send, 503, {"error": "unavailable", "detail": "try again"})
+            return
+        if not is_agent(agent):
+            await _send_json(
+                send, 403, {"error": "forbidden", "detail": "The MCP endpoint is for agent keys."}
+            )
+            return
+        await self._ensure_started()
+        scope = dict(scope)
+        scope["opsconsole.agent"] = agent
+        # Sessions belong to the agent that opened them (the SDK compares this principal).
+        scope["user"] = AuthenticatedUser(
+            AccessToken(token="", client_id=f"agent:{agent.pk}", scopes=[])
+        )
+        await self.manager.handle_request(scope, receive, send)
+
+
+class WithMcp:
+    """Serve ``/mcp`` with the MCP endpoint and everything else with ``app`` (Django)."""
+
+    def __init__(self, app: Any, mcp: McpApp | None = None) -> None:
+        self.app = app
+        self.mcp = mcp or McpApp()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == MCP_PATH or path == MCP_PATH + "/"):
+            await self.mcp(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

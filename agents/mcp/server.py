@@ -1,0 +1,456 @@
+"""The MCP server the console serves at ``/mcp`` (the SDK's low-level ``Server``): ``tools/list``
+filtered for the calling agent, ``tools/call`` decided by the gateway, held for approval, then
+forwarded to the upstream that owns the tool.
+
+What the model sees is always a tool result: an allowed call's upstream result as it came (once
+its output passed the policy's validation), else an ``isError`` result whose text says what
+happened and what to do, with the decision in ``_meta["opsconsole/decision"]``. Only a tool no
+upstream serves is a protocol error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import mcp_types as types
+from asgiref.sync import sync_to_async
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from agents import stop_reasons
+from agents.mcp import services
+from agents.mcp.upstreams import Upstream, UpstreamPool, UpstreamUnavailable
+from agents.models import Agent, Decision, ToolCall
+from agents.policy.document import (
+    MAX_TOOL_NAME,
+    TOOL_NAME_PATTERN,
+    Policy,
+    kill_switch_turns_off,
+)
+from agents.policy.selectors import kill_switch_current, policy_current
+from approvals.waits import approval_wait
+from opsconsole.errors import ServiceError
+from opsconsole.limits import check_args_size
+
+logger = logging.getLogger("opsconsole.mcp")
+
+RUN_HEADER = "opsconsole-run"  # names the run a call belongs to (both eras)
+HOLD_HEADER = "opsconsole-hold-seconds"  # a client may shorten its hold, never lengthen it
+META_RUN = "opsconsole/run"
+META_HOLD = "opsconsole/hold_seconds"
+META_DECISION = "opsconsole/decision"
+PROGRESS_EVERY_SECONDS = 5.0
+CONTAINMENT_EVERY_SECONDS = 1.0  # a held call re-reads the kill switch, pause and degrade
+SESSION_HEADER = "mcp-session-id"
+
+_tool_name = __import__("re").compile(TOOL_NAME_PATTERN)
+
+
+def _agent(ctx: ServerRequestContext[Any, Any]) -> Agent:
+    """The agent the ASGI layer authenticated (agents.mcp.asgi); no request gets here without."""
+    assert ctx.request is not None
+    return ctx.request.scope["opsconsole.agent"]
+
+
+def _pool(ctx: ServerRequestContext[Any, Any]) -> UpstreamPool:
+    return ctx.lifespan_context["pool"]
+
+
+def _client_name(ctx: ServerRequestContext[Any, Any]) -> str:
+    params = ctx.session.client_params
+    if params is not None and params.client_info is not None:
+        return params.client_info.name[:100]
+    return "client"
+
+
+def _meta(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+    return dict(ctx.meta or {})
+
+
+def _header(ctx: ServerRequestContext[Any, Any], name: str) -> str:
+    if ctx.request is None:
+        return ""
+    return ctx.request.headers.get(name, "")
+
+
+def run_key(ctx: ServerRequestContext[Any, Any]) -> tuple[str, str]:
+    """(key, label) of the run a call belongs to.
+
+    A name the client gives (the ``Opsconsole-Run`` header, or ``_meta["opsconsole/run"]``),
+    else the MCP session (2025-11-25 era: one run per session), else (the stateless 2026-07-28
+    era, no name) one run per agent, client and UTC day.
+    """
+    named = str(_meta(ctx).get(META_RUN) or _header(ctx, RUN_HEADER)).strip()[:150]
+    if named:
+        return f"name:{named}", named
+    client = _client_name(ctx)
+    session = _header(ctx, SESSION_HEADER)
+    if session and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+        return f"session:{session}", f"{client} session {session[:8]}"
+    day = datetime.now(UTC).date().isoformat()
+    return f"day:{client}:{day}", f"{client} on {day}"
+
+
+# --- tools/list -----------------------------------------------------------------------------
+
+
+def _listed(policy: Policy, agent: Agent, kill_mode: str, upstream: Upstream) -> list[types.Tool]:
+    """The upstream's tools this agent may call now, under their policy names, with the
+    console's own classification re-emitted (annotations from upstream are only hints)."""
+    tools = []
+    for tool in upstream.tools:
+        name = f"{upstream.name}.{tool.name}"
+        if len(name) > MAX_TOOL_NAME or not _tool_name.match(name) or name in upstream.held:
+            continue
+        if not policy.is_allowed(name, agent.name):
+            continue
+        rule = policy.tool_rule_for(name, agent.name)
+        if kill_switch_turns_off(kill_mode, rule):
+            continue
+        hints = tool.annotations or types.ToolAnnotations()
+        read = rule.effect == "read"
+        tools.append(
+            tool.model_copy(
+                update={
+                    "name": name,
+                    "annotations": hints.model_copy(
+                        update={
+                            "read_only_hint": read,
+                            "destructive_hint": False if read else hints.destructive_hint,
+                        }
+                    ),
+                    "meta": {
+                        **(tool.meta or {}),
+                        "opsconsole/effect": rule.effect,
+                        "opsconsole/approval": rule.approval_required,
+                    },
+                }
+            )
+        )
+    return tools
+
+
+async def _refresh(upstream: Upstream) -> None:
+    """List an upstream's tools (when due) and pin what it lists."""
+    before = upstream.tools_at
+    tools = await upstream.list_tools()
+    if upstream.tools_at != before:
+        wire = [
+            {**tool.model_dump(by_alias=True, mode="json"), "name": f"{upstream.name}.{tool.name}"}
+            for tool in tools
+        ]
+        upstream.held = await sync_to_async(services.mcp_tools_seen_record)(
+            server=upstream.name, tools=wire
+        )
+
+
+async def list_tools(
+    ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+) -> types.ListToolsResult:
+    agent = _agent(ctx)
+    policy, kill_mode = await sync_to_async(_policy_and_switch)()
+    pool = _pool(ctx)
+    pool.sync(policy.mcp_servers)
+    upstreams = list(pool.upstreams.values())
+    outcomes = await asyncio.gather(*(_refresh(u) for u in upstreams), return_exceptions=True)
+    tools: list[types.Tool] = []
+    for upstream, outcome in zip(upstreams, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            logger.warning("MCP upstream %s not listed: %s", upstream.name, outcome)
+            continue
+        tools.extend(_listed(policy, agent, kill_mode, upstream))
+    return types.ListToolsResult(tools=tools)
+
+
+def _policy_and_switch() -> tuple[Policy, str]:
+    return policy_current(), kill_switch_current().mode
+
+
+# --- tools/call -----------------------------------------------------------------------------
+
+
+def _answer(text: str, decision: dict[str, Any]) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        is_error=True,
+        _meta={META_DECISION: decision},
+    )
+
+
+def _decision(tool_call: ToolCall, **extra: Any) -> dict[str, Any]:
+    return {
+        "decision": tool_call.decision,
+        "stop_reason": tool_call.stop_reason or None,
+        "detail": tool_call.detail,
+        "tool_call_id": tool_call.pk,
+        "run_id": tool_call.run_id,
+        **extra,
+    }
+
+
+def stopped(tool: str, reason: str, detail: str, decision: dict[str, Any]) -> types.CallToolResult:
+    what, _ = stop_reasons.explain(reason)
+    return _answer(
+        f"STOPPED by the agent ops console: {reason}. {what} ({detail or 'no detail'}). "
+        f"Nothing was executed. The run has ended: do not call {tool} or any other tool "
+        "again; tell the user the task was stopped and why.",
+        {**decision, "decision": Decision.STOP, "stop_reason": reason, "detail": detail},
+    )
+
+
+def refused(tool_call: ToolCall, refusals: int, limit: int) -> types.CallToolResult:
+    reason = tool_call.stop_reason
+    kind = stop_reasons.kind_of(reason)
+    fix = (
+        "fix the arguments to match the tool's input schema and call it again"
+        if kind == stop_reasons.INVALID_TOOL_ARGS
+        else "use another tool; this one is not allowed for you"
+    )
+    return _answer(
+        f"REFUSED by the agent ops console: {reason} ({tool_call.detail}). Nothing was executed. "
+        f"The run goes on: {fix}. Refusal {refusals} of at most {limit} in this run; the next "
+        "one past that ends the run.",
+        _decision(tool_call, refusals=refusals, max_refusals=limit),
+    )
+
+
+def pending(tool_call: ToolCall) -> types.CallToolResult:
+    request = tool_call.approval
+    expires = request.expires_at.isoformat()
+    return _answer(
+        f"APPROVAL_PENDING: a human must approve {tool_call.tool} (approval {request.pk}, expires "
+        f"{expires}). Nothing was executed. Tell the user it waits for approval {request.pk}; "
+        f"once it is approved, call {tool_call.tool} again with identical arguments (it then "
+        "runs once). Do not change the arguments: that asks for a new approval.",
+        _decision(
+            tool_call,
+            approval_id=request.pk,
+            expires_at=expires,
+            poll_after_ms=int(CONTAINMENT_EVERY_SECONDS * 5000),
+        ),
+    )
+
+
+def _hold_seconds(ctx: ServerRequestContext[Any, Any], policy: Policy) -> float:
+    """The policy's hold for this client, shortened if the client asks (header or _meta)."""
+    hold = policy.mcp_hold_seconds(_client_name(ctx))
+    asked = _meta(ctx).get(META_HOLD) or _header(ctx, HOLD_HEADER)
+    with contextlib.suppress(TypeError, ValueError):
+        if asked not in ("", None):
+            hold = min(hold, max(0.0, float(asked)))
+    return hold
+
+
+async def _hold(
+    ctx: ServerRequestContext[Any, Any], agent: Agent, tool_call: ToolCall, hold: float
+) -> ToolCall | types.CallToolResult:
+    """Hold a call waiting for approval open: until it is decided (the call as it is then), the
+    kill switch, a pause or a degrade releases it (a stop), or the hold ends (pending)."""
+    deadline = time.monotonic() + hold
+    progress_at = 0.0
+    started = time.monotonic()
+    while True:
+        tool_call = await sync_to_async(services.mcp_call_state)(
+            agent=agent, tool_call_id=tool_call.pk
+        )
+        if tool_call.decision != Decision.PENDING_APPROVAL:
+            return tool_call
+        contained = await sync_to_async(services.mcp_containment)(agent=agent, tool=tool_call.tool)
+        if contained is not None:
+            await sync_to_async(services.mcp_run_stop)(
+                run_id=tool_call.run_id, reason=contained[0], detail=contained[1]
+            )
+            return stopped(tool_call.tool, contained[0], contained[1], _decision(tool_call))
+        now = time.monotonic()
+        if now >= deadline:
+            return pending(tool_call)
+        if now - progress_at >= PROGRESS_EVERY_SECONDS:
+            progress_at = now
+            await ctx.session.report_progress(
+                now - started,
+                None,
+                f"Waiting for human approval {tool_call.approval.pk} of {tool_call.tool}",
+            )
+        await approval_wait(tool_call.pk, min(deadline - now, CONTAINMENT_EVERY_SECONDS))
+
+
+def _output(result: types.CallToolResult) -> Any:
+    """What the policy validates: the structured result when there is one, else the content."""
+    if result.structured_content is not None:
+        return result.structured_content
+    return [block.model_dump(by_alias=True, mode="json") for block in result.content]
+
+
+def _error_text(result: types.CallToolResult) -> str:
+    return " ".join(block.text for block in result.content if isinstance(block, types.TextContent))[
+        :4000
+    ]
+
+
+async def _execute(
+    ctx: ServerRequestContext[Any, Any],
+    agent: Agent,
+    upstream: Upstream,
+    tool: str,
+    args: dict[str, Any],
+    tool_call: ToolCall,
+) -> types.CallToolResult:
+    """Run an allowed call upstream, inside this live request, and have its result validated."""
+
+    async def progress(progress: float, total: float | None, message: str | None) -> None:
+        await ctx.session.report_progress(progress, total, message)
+
+    started = time.monotonic()
+    try:
+        result = await upstream.call_tool(tool, args, progress)
+    except UpstreamUnavailable as exc:
+        outcome = await sync_to_async(services.mcp_result_report)(
+            agent=agent,
+            tool_call_id=tool_call.pk,
+            ok=False,
+            output=None,
+            error=str(exc),
+            latency_ms=int((time.monotonic() - started) * 1000),
+        )
+        return _answer(
+            f"UPSTREAM_FAILED: the MCP server {upstream.name} could not run {tool_call.tool}: "
+            f"{exc}. It may or may not have happened; the console counts the failure against "
+            "the tool's circuit breaker. Try again later or use another tool.",
+            _decision(tool_call, upstream_error=str(exc), stop_reason=outcome.stop_reason),
+        )
+    latency_ms = int((time.monotonic() - started) * 1000)
+    outcome = await sync_to_async(services.mcp_result_report)(
+        agent=agent,
+        tool_call_id=tool_call.pk,
+        ok=not result.is_error,
+        output=_output(result),
+        error=_error_text(result) if result.is_error else "",
+        latency_ms=latency_ms,
+    )
+    if not outcome.valid:
+        reason = outcome.stop_reason or stop_reasons.for_tool(
+            stop_reasons.INVALID_TOOL_OUTPUT, tool_call.tool
+        )
+        return stopped(
+            tool_call.tool,
+            reason,
+            "the tool's output failed the console's validation: " + "; ".join(outcome.errors),
+            _decision(tool_call),
+        )
+    meta = dict(result.meta or {})
+    meta[META_DECISION] = _decision(tool_call, stop_reason=outcome.stop_reason)
+    return result.model_copy(update={"meta": meta})
+
+
+async def call_tool(
+    ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+) -> types.CallToolResult:
+    agent = _agent(ctx)
+    name = params.name
+    args = params.arguments or {}
+    server, _, tool = name.partition(".")
+    pool = _pool(ctx)
+    upstream = pool.get(server)
+    if upstream is None:  # the first call of the process, or a server just registered
+        pool.sync((await sync_to_async(policy_current)()).mcp_servers)
+        upstream = pool.get(server)
+    if upstream is None or not tool:
+        raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {name}")
+    try:
+        check_args_size(args)  # the HTTP gateway's cap (OPSCONSOLE_MAX_ARGS_BYTES)
+    except ServiceError as exc:
+        raise MCPError(types.INVALID_PARAMS, str(exc.detail)) from None
+    key, label = run_key(ctx)
+    start = await sync_to_async(services.mcp_call_start)(
+        agent=agent, key=key, label=label, tool=name, args=args
+    )
+    policy = start.policy
+    pool.sync(policy.mcp_servers)
+    if start.refused_run is not None or start.tool_call is None:
+        refused_run = start.refused_run or services.RunRefused(stop_reasons.KILL_SWITCH, "")
+        return stopped(
+            name,
+            refused_run.stop_reason,
+            refused_run.detail,
+            {"run_id": None, "tool_call_id": None},
+        )
+    tool_call = start.tool_call
+    if key.startswith("session:"):
+        _finish_with_session(ctx, agent, tool_call.run_id)
+    if pool.get(server) is not upstream:  # the policy changed the server under this call
+        upstream = pool.get(server) or upstream
+    if tool_call.decision == Decision.PENDING_APPROVAL:
+        held = await _hold(ctx, agent, tool_call, _hold_seconds(ctx, policy))
+        if isinstance(held, types.CallToolResult):
+            return held
+        tool_call = held
+    if tool_call.decision == Decision.REFUSED:
+        return refused(tool_call, start.refusals, policy.refusal_rule(agent.name)[1])
+    if tool_call.decision != Decision.ALLOW:
+        return stopped(name, tool_call.stop_reason, tool_call.detail, _decision(tool_call))
+    if getattr(tool_call, "approval", None) is not None:
+        # Approved: the kill switch, a pause or a degrade since then still stop it, and an
+        # approval runs one call only.
+        contained = await sync_to_async(services.mcp_containment)(agent=agent, tool=name)
+        if contained is not None:
+            await sync_to_async(services.mcp_run_stop)(
+                run_id=tool_call.run_id, reason=contained[0], detail=contained[1]
+            )
+            return stopped(name, contained[0], contained[1], _decision(tool_call))
+        if not await sync_to_async(services.mcp_approval_claim)(tool_call=tool_call):
+            return _answer(
+                f"ALREADY_USED: approval {tool_call.approval.pk} was used by another identical "
+                "call; nothing was executed by this one. Call again to ask for a new approval.",
+                _decision(tool_call),
+            )
+    return await _execute(ctx, agent, upstream, tool, args, tool_call)
+
+
+def _finish_with_session(ctx: ServerRequestContext[Any, Any], agent: Agent, run_id: int) -> None:
+    """Once per handshake session: its run ends (succeeded) when the session does."""
+    connection = getattr(ctx.session, "_connection", None)  # the SDK's per-connection teardown
+    if connection is None or connection.state.get("opsconsole.run") == run_id:
+        return
+    connection.state["opsconsole.run"] = run_id
+
+    async def finish() -> None:
+        await sync_to_async(services.mcp_session_run_finish)(agent=agent, run_id=run_id)
+
+    connection.exit_stack.push_async_callback(finish)
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _lifespan(server: Server[Any]) -> AsyncIterator[dict[str, Any]]:
+    pool = UpstreamPool()
+    try:
+        yield {"pool": pool}
+    finally:
+        await pool.close()
+
+
+def build_server() -> Server[Any]:
+    return Server(
+        "agent-ops-console",
+        version="1",
+        title="Agent Ops Console",
+        instructions=(
+            "Tools are served through the agent ops console, which decides every call before it "
+            "runs: a refused or stopped call answers with isError and says what to do; a write "
+            "may wait for a human's approval."
+        ),
+        lifespan=_lifespan,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )

@@ -1,0 +1,200 @@
+"""tools/list and tools/call through the console's /mcp, with the official SDK's client in both
+protocol eras against a real upstream MCP server: decided by the gateway, recorded in the same
+run, trace and audit as an HTTP agent's calls."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from agents.models import Decision, Run, RunStatus, ToolCall
+from tests.mcp.conftest import decision_of, mcp_client, text_of
+
+ERAS = ["handshake", "stateless"]
+
+
+def run_of(tool_call_id: int) -> Run:
+    return ToolCall.objects.select_related("run").get(pk=tool_call_id).run
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_tools_list_shows_the_agent_only_what_it_may_call(console, agent, era):
+    async def scenario():
+        async with mcp_client(console, agent.key, era) as client:
+            return await client.list_tools()
+
+    listed = asyncio.run(scenario())
+    by_name = {tool.name: tool for tool in listed.tools}
+    # admin_reset is served upstream but not on the allowlist: the model never sees it.
+    assert set(by_name) == {"up.search", "up.send", "up.dump"}
+    # The console's classification is re-emitted, whatever the upstream hinted.
+    assert by_name["up.search"].annotations.read_only_hint is True
+    assert by_name["up.send"].annotations.read_only_hint is False
+    assert by_name["up.send"].meta["opsconsole/approval"] is True
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_an_allowed_read_runs_upstream_and_is_recorded(console, agent, upstream, era):
+    async def scenario():
+        async with mcp_client(console, agent.key, era) as client:
+            await client.list_tools()
+            return await client.call_tool("up.search", {"query": "refunds"})
+
+    result = asyncio.run(scenario())
+    assert result.is_error is False
+    assert result.structured_content == {"hits": ["refunds-0", "refunds-1", "refunds-2"]}
+    decision = decision_of(result)
+    assert decision["decision"] == Decision.ALLOW
+    call = ToolCall.objects.get(pk=decision["tool_call_id"])
+    assert (call.tool, call.args, call.valid) == ("up.search", {"query": "refunds"}, True)
+    assert call.run.tool_calls == 1 and call.run.status == RunStatus.RUNNING
+    assert call.run.metadata["front_door"] == "mcp"
+    assert upstream.executed() == [{"tool": "search", "args": {"query": "refunds"}}]
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_a_denied_tool_refuses_that_call_and_the_session_goes_on(console, agent, upstream, era):
+    async def scenario():
+        async with mcp_client(console, agent.key, era) as client:
+            await client.list_tools()
+            denied = await client.call_tool("up.admin_reset", {})
+            after = await client.call_tool("up.search", {"query": "next"})
+            return denied, after
+
+    denied, after = asyncio.run(scenario())
+    assert denied.is_error is True
+    assert text_of(denied).startswith("REFUSED")
+    assert decision_of(denied)["stop_reason"] == "tool_denied:up.admin_reset"
+    assert decision_of(denied)["decision"] == Decision.REFUSED
+    assert after.is_error is False
+    run = run_of(decision_of(after)["tool_call_id"])
+    assert run.status == RunStatus.RUNNING and run.tool_calls == 1  # the refusal is not counted
+    assert [c["tool"] for c in upstream.executed()] == ["search"]
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_invalid_arguments_are_refused_with_what_is_wrong(console, agent, upstream, era):
+    async def scenario():
+        async with mcp_client(console, agent.key, era) as client:
+            await client.list_tools()
+            return await client.call_tool("up.search", {"query": 5})
+
+    result = asyncio.run(scenario())
+    assert result.is_error is True
+    assert decision_of(result)["stop_reason"] == "invalid_tool_args:up.search"
+    assert "query" in text_of(result)
+    assert upstream.executed() == []
+
+
+def test_the_refusal_past_max_refusals_stops_the_run(console, agent, upstream):
+    async def scenario():
+        async with mcp_client(console, agent.key, "handshake") as client:
+            await client.list_tools()
+            return [await client.call_tool("up.admin_reset", {}) for _ in range(4)]
+
+    results = asyncio.run(scenario())
+    assert [decision_of(r)["decision"] for r in results] == ["refused"] * 3 + ["stop"]
+    assert text_of(results[-1]).startswith("STOPPED")
+    run = run_of(decision_of(results[-1])["tool_call_id"])
+    assert (run.status, run.stop_reason) == (RunStatus.STOPPED, "tool_denied:up.admin_reset")
+
+
+def test_a_budget_stop_ends_the_run_and_every_later_call(console, agent, upstream):
+    async def scenario():
+        async with mcp_client(console, agent.key, "stateless") as client:
+            await client.list_tools()
+            return [await client.call_tool("up.search", {"query": f"q{n}"}) for n in range(8)]
+
+    results = asyncio.run(scenario())
+    assert [r.is_error for r in results] == [False] * 6 + [True, True]
+    assert decision_of(results[6])["stop_reason"] == "max_tool_calls"
+    assert decision_of(results[7])["stop_reason"] == "max_tool_calls"
+    assert len(upstream.executed()) == 6
+
+
+def test_each_handshake_session_is_its_own_run(console, agent):
+    async def one_session():
+        async with mcp_client(console, agent.key, "handshake") as client:
+            await client.list_tools()
+            result = await client.call_tool("up.search", {"query": "a"})
+            return decision_of(result)["run_id"]
+
+    first, second = asyncio.run(one_session()), asyncio.run(one_session())
+    assert first != second
+    assert Run.objects.filter(agent=agent.agent).count() == 2
+    # A session the host closed ends its run (ok), whenever the console gets to it.
+    deadline = time.monotonic() + 20
+    while Run.objects.filter(pk=first, status=RunStatus.RUNNING).exists():
+        assert time.monotonic() < deadline, "the closed session's run is still running"
+        time.sleep(0.1)
+    assert Run.objects.get(pk=first).stop_reason == "ok"
+
+
+def test_a_stateless_client_names_its_run_with_a_header(console, agent):
+    async def call(run_name):
+        headers = {"Opsconsole-Run": run_name}
+        async with mcp_client(console, agent.key, "stateless", headers=headers) as client:
+            await client.list_tools()
+            result = await client.call_tool("up.search", {"query": "a"})
+            return decision_of(result)["run_id"]
+
+    first, again, other = (asyncio.run(call(n)) for n in ("ticket-1", "ticket-1", "ticket-2"))
+    assert first == again != other
+    assert Run.objects.get(pk=first).task == "MCP: ticket-1"
+
+
+def test_an_outputs_size_cap_holds_the_result_back(console, agent, upstream):
+    async def scenario():
+        async with mcp_client(console, agent.key, "handshake") as client:
+            await client.list_tools()
+            return await client.call_tool("up.dump", {})
+
+    result = asyncio.run(scenario())
+    assert result.is_error is True
+    assert "x" * 100 not in text_of(result)  # the model never sees the oversized output
+    assert decision_of(result)["stop_reason"] == "invalid_tool_output:up.dump"
+
+
+def test_a_bad_key_is_a_401_and_nothing_is_decided(console, upstream):
+    async def scenario():
+        async with mcp_client(console, "aok_not-a-key", "stateless") as client:
+            await client.list_tools()
+
+    with pytest.raises(BaseException):  # noqa: B017 - the SDK wraps the 401 in its own errors
+        asyncio.run(scenario())
+    assert ToolCall.objects.count() == 0
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_an_unknown_server_is_a_protocol_error(console, agent, era):
+    from mcp.shared.exceptions import MCPError
+
+    async def scenario():
+        async with mcp_client(console, agent.key, era) as client:
+            try:
+                await client.call_tool("nowhere.tool", {})
+            except MCPError as exc:
+                return exc
+
+    error = asyncio.run(scenario())
+    assert isinstance(error, MCPError) and "Unknown tool" in str(error)
+    assert ToolCall.objects.count() == 0
+
+
+def test_arguments_over_the_gateways_cap_are_a_protocol_error(console, agent, upstream, settings):
+    from mcp.shared.exceptions import MCPError
+
+    settings.OPSCONSOLE_MAX_ARGS_BYTES = 100
+
+    async def scenario():
+        async with mcp_client(console, agent.key, "stateless") as client:
+            try:
+                await client.call_tool("up.search", {"query": "x" * 200})
+            except MCPError as exc:
+                return exc
+
+    error = asyncio.run(scenario())
+    assert isinstance(error, MCPError) and "over the cap of 100" in str(error)
+    assert ToolCall.objects.count() == 0 and upstream.executed() == []
