@@ -21,7 +21,8 @@ class AuditEntry(models.Model):
     actor = models.CharField(max_length=200, help_text="user:<name>, agent:<name> or system")
     action = models.CharField(max_length=64, db_index=True)
     target_type = models.CharField(max_length=64)
-    target_id = models.CharField(max_length=64, blank=True)
+    # Agent names are up to 100 characters, tool names up to 128.
+    target_id = models.CharField(max_length=200, blank=True)
     reason = models.TextField(blank=True)
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)

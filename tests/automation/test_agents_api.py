@@ -78,6 +78,16 @@ def test_create_an_agent_with_its_own_allowlist(admin, db):
     assert (entry.actor, entry.target_id) == ("user:ada-admin", "billing-bot")
 
 
+def test_the_longest_agent_name_is_created_and_audited_in_full(admin, db):
+    # 100 characters, the longest a name may be: its audit row keeps it whole (it overflowed the
+    # audit's target column on PostgreSQL, a 503 for a valid request).
+    name = "a" * 100
+    response = admin.api.post_json("/api/v1/agents", {"name": name})
+    assert response.status_code == 201, response.content
+    assert AuditEntry.objects.get(action="agent.create").target_id == name
+    assert admin.api.post_json("/api/v1/agents", {"name": name + "b"}).status_code == 400
+
+
 def test_create_refuses_a_taken_name_and_a_bad_one(admin, agent):
     taken = admin.api.post_json("/api/v1/agents", {"name": "support-bot"})
     assert taken.status_code == 409
