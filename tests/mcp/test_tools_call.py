@@ -8,6 +8,7 @@ import asyncio
 import time
 
 import pytest
+from asgiref.sync import sync_to_async
 
 from agents.models import Decision, Run, RunStatus, ToolCall
 from tests.mcp.conftest import decision_of, mcp_client, text_of
@@ -17,6 +18,12 @@ ERAS = ["handshake", "stateless"]
 
 def run_of(tool_call_id: int) -> Run:
     return ToolCall.objects.select_related("run").get(pk=tool_call_id).run
+
+
+async def run_while_open(result) -> Run:
+    """The call's run read while the session is still open: a handshake session's run ends
+    (succeeded) as soon as the host closes it, so its state mid-session is read in the session."""
+    return await sync_to_async(run_of)(decision_of(result)["tool_call_id"])
 
 
 @pytest.mark.parametrize("era", ERAS)
@@ -40,17 +47,19 @@ def test_an_allowed_read_runs_upstream_and_is_recorded(console, agent, upstream,
     async def scenario():
         async with mcp_client(console, agent.key, era) as client:
             await client.list_tools()
-            return await client.call_tool("up.search", {"query": "refunds"})
+            result = await client.call_tool("up.search", {"query": "refunds"})
+            return result, await run_while_open(result)
 
-    result = asyncio.run(scenario())
+    result, run = asyncio.run(scenario())
     assert result.is_error is False
     assert result.structured_content == {"hits": ["refunds-0", "refunds-1", "refunds-2"]}
     decision = decision_of(result)
     assert decision["decision"] == Decision.ALLOW
     call = ToolCall.objects.get(pk=decision["tool_call_id"])
     assert (call.tool, call.args, call.valid) == ("up.search", {"query": "refunds"}, True)
-    assert call.run.tool_calls == 1 and call.run.status == RunStatus.RUNNING
-    assert call.run.metadata["front_door"] == "mcp"
+    assert call.run_id == run.pk
+    assert run.tool_calls == 1 and run.status == RunStatus.RUNNING
+    assert run.metadata["front_door"] == "mcp"
     assert upstream.executed() == [{"tool": "search", "args": {"query": "refunds"}}]
 
 
@@ -61,15 +70,14 @@ def test_a_denied_tool_refuses_that_call_and_the_session_goes_on(console, agent,
             await client.list_tools()
             denied = await client.call_tool("up.admin_reset", {})
             after = await client.call_tool("up.search", {"query": "next"})
-            return denied, after
+            return denied, after, await run_while_open(after)
 
-    denied, after = asyncio.run(scenario())
+    denied, after, run = asyncio.run(scenario())
     assert denied.is_error is True
     assert text_of(denied).startswith("REFUSED")
     assert decision_of(denied)["stop_reason"] == "tool_denied:up.admin_reset"
     assert decision_of(denied)["decision"] == Decision.REFUSED
     assert after.is_error is False
-    run = run_of(decision_of(after)["tool_call_id"])
     assert run.status == RunStatus.RUNNING and run.tool_calls == 1  # the refusal is not counted
     assert [c["tool"] for c in upstream.executed()] == ["search"]
 
