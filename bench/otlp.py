@@ -3,7 +3,7 @@
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/<database> \\
         .venv/bin/python bench/otlp.py [--runs 1000] [--reps 3] [--workers 2]
 
-Migrates the database of ``DATABASE_URL`` (PostgreSQL), creates an on-call login and, per
+Migrates the database of ``DATABASE_URL`` (PostgreSQL; created when missing), creates an on-call login and, per
 repetition, a fresh agent with a key; starts the console (uvicorn, ``--workers`` processes,
 ``REDIS_URL`` as set) and, in a child process, the load generator: the OpenTelemetry SDK's
 ``BatchSpanProcessor`` (queue 100,000, batches of 512, 500 ms delay) and its OTLP/HTTP protobuf
@@ -19,8 +19,9 @@ Measured per repetition:
   ended (its root arrived), polled every 0.2 s in the database the runs list reads; spans/s is
   the span count over that time; nothing lost = every span stored, every export answered 200;
 - **server CPU** (user + system of the uvicorn processes, from /proc) over that window, in cores,
-  and per span; the generator's CPU apart; PostgreSQL's backends apart (shared with whatever
-  else runs on the machine);
+  and per span; the generator's CPU apart; PostgreSQL's processes apart (shared with whatever
+  else runs on the machine; each followed from its first to its last sample, so a backend that
+  ends or starts during the window is counted and the figure is never negative);
 - **server peak RSS** (the sum over its processes, sampled every 0.1 s);
 - **runs list latency while ingesting**: a logged-in on-call engineer's ``GET /runs/`` (the
   first page, newest first) and ``GET /runs/?source=otlp`` over real HTTP, once every
@@ -168,6 +169,37 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
+class ProcessCpu:
+    """CPU used by processes of one name (PostgreSQL's backends) over a window, never negative.
+
+    Summing the named processes' CPU at the start and at the end goes wrong when a process
+    ends in between (its CPU leaves the sum, which can then fall) or starts in between. Each
+    process is followed instead, by pid and start time (a pid can be reused), from its first
+    sample to its last (``sample()`` is called every 0.1 s during the window): one that ends
+    loses at most its last interval, one that starts counts from zero.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.first = self._read()
+        self.last = dict(self.first)
+
+    def _read(self) -> dict[tuple[int, int], float]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        seen = {}
+        for pid in processes(name=self.name):
+            fields = proc_stat(pid)
+            if fields is not None:
+                seen[(pid, int(fields[19]))] = (int(fields[11]) + int(fields[12])) / ticks
+        return seen
+
+    def sample(self) -> None:
+        self.last.update(self._read())
+
+    def seconds(self) -> float:
+        return sum(max(0.0, cpu - self.first.get(key, 0.0)) for key, cpu in self.last.items())
+
+
 def rss_mib(pids: list[int]) -> float:
     page = os.sysconf("SC_PAGE_SIZE")
     total = 0
@@ -203,6 +235,21 @@ class Result:
     @property
     def rate(self) -> float:
         return self.stored / self.seconds
+
+
+def ensure_database(url: str) -> None:
+    """Create the database of ``url`` on its server when it does not exist yet."""
+    from urllib.parse import urlparse, urlunparse
+
+    import psycopg
+    from psycopg import sql
+
+    name = urlparse(url).path.lstrip("/")
+    server = urlunparse(urlparse(url)._replace(path="/postgres"))
+    with psycopg.connect(server, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            print(f"creating database {name} ...", flush=True)
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 def django_setup(url: str, data_dir: str) -> None:
@@ -285,9 +332,8 @@ def one_rep(args: argparse.Namespace, rep: int, url: str, log_dir: Path) -> Resu
             started_at = time.perf_counter()
             browser.get("/runs/")
             idle_list.append((time.perf_counter() - started_at) * 1000)
-        postgres = processes(name="postgres")
+        postgres = ProcessCpu("postgres")
         cpu_before = cpu_seconds(tree)
-        postgres_before = cpu_seconds(postgres)
         stop = threading.Event()
         peak = [idle_rss]
         lists: dict[str, list[float]] = {"/runs/": [], "/runs/?source=otlp": []}
@@ -295,6 +341,7 @@ def one_rep(args: argparse.Namespace, rep: int, url: str, log_dir: Path) -> Resu
         def sample() -> None:
             while not stop.wait(0.1):
                 peak[0] = max(peak[0], rss_mib(tree))
+                postgres.sample()
 
         def browse() -> None:
             while not stop.is_set():
@@ -331,7 +378,8 @@ def one_rep(args: argparse.Namespace, rep: int, url: str, log_dir: Path) -> Resu
             time.sleep(0.2)
         seconds = time.monotonic() - started
         server_cpu = cpu_seconds(tree) - cpu_before
-        postgres_cpu = cpu_seconds(postgres) - postgres_before
+        postgres.sample()
+        postgres_cpu = postgres.seconds()
         stop.set()
         for thread in threads:
             thread.join()
@@ -445,6 +493,7 @@ def main() -> None:
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith("postgres"):
         sys.exit("Set DATABASE_URL to a PostgreSQL database (it is migrated and written to).")
+    ensure_database(url)
     data_dir = tempfile.mkdtemp(prefix="bench-otlp-")
     django_setup(url, data_dir)
     log_dir = Path(data_dir)

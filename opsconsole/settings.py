@@ -277,7 +277,9 @@ OPSCONSOLE_OTLP_MAX_PENDING = env_int("OPSCONSOLE_OTLP_MAX_PENDING", 8)
 OPSCONSOLE_OTLP_ROOT_WAIT_SECONDS = env_int("OPSCONSOLE_OTLP_ROOT_WAIT_SECONDS", 300)
 # Paths whose bodies have a cap of their own instead of DATA_UPLOAD_MAX_MEMORY_SIZE
 # (opsconsole/limits.py RequestBodyLimit).
-OPSCONSOLE_BODY_LIMITS = {"/v1/traces": OPSCONSOLE_OTLP_MAX_BODY_BYTES}
+OPSCONSOLE_BODY_LIMITS = {
+    path: OPSCONSOLE_OTLP_MAX_BODY_BYTES for path in ("/v1/traces", "/v1/metrics", "/v1/logs")
+}
 
 
 def env_rate(name: str, default: str) -> str | None:

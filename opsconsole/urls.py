@@ -89,5 +89,8 @@ urlpatterns = [
     path("metrics", monitoring_views.metrics, name="metrics"),
     # OTLP/HTTP: where an exporter sends with OTEL_EXPORTER_OTLP_ENDPOINT=<console> (docs/telemetry.md)
     path("v1/traces", telemetry_api.traces, name="otlp-traces"),
+    # The other signals the same exporter settings send: a 404 that says to send traces alone.
+    path("v1/metrics", telemetry_api.metrics, name="otlp-metrics"),
+    path("v1/logs", telemetry_api.logs, name="otlp-logs"),
     path("", include("opsconsole.web_urls")),
 ]

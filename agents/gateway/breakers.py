@@ -58,6 +58,13 @@ def _broadcast_breaker(breaker: ToolBreaker) -> None:
     )
 
 
+def breaker_window(results: int, failures: int, settings: dict) -> tuple[float, bool]:
+    """A closed breaker's failure rate over its window of recent results, and whether it opens
+    (the gateway's fast report, ``agents.gateway.core.report_steps``, asks the same)."""
+    rate = failures / results if results else 0.0
+    return rate, results >= settings["min_calls"] and rate >= settings["failure_rate"]
+
+
 def breaker_record(tool: str, ok: bool, rule: ToolRule) -> None:
     """Update the tool's breaker from one reported result (in the caller's transaction)."""
     breaker, _ = ToolBreaker.objects.get_or_create(tool=tool)
@@ -82,9 +89,9 @@ def breaker_record(tool: str, ok: bool, rule: ToolRule) -> None:
         recent.order_by("-reported_at").values_list("result_ok", flat=True)[: settings["window"]]
     )
     failures = sum(1 for r in results if not r)
-    rate = failures / len(results) if results else 0.0
+    rate, opens = breaker_window(len(results), failures, settings)
     breaker.failure_rate = rate
-    if len(results) >= settings["min_calls"] and rate >= settings["failure_rate"]:
+    if opens:
         breaker.state, breaker.opened_at = BreakerState.OPEN, now
         breaker.save()
         _broadcast_breaker(breaker)

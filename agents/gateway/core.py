@@ -39,6 +39,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -49,8 +50,15 @@ from django.http.request import split_domain_port, validate_host
 from django.utils import timezone
 from prometheus_client import Counter
 
+from agents.gateway.breakers import breaker_window
 from agents.gateway.budgets import usage_fractions
-from agents.gateway.decisions import Verdict, args_errors, tool_call_verdict
+from agents.gateway.decisions import (
+    Verdict,
+    args_errors,
+    output_errors,
+    result_stop_reason,
+    tool_call_verdict,
+)
 from agents.gateway.metrics import DECISION_SECONDS, DECISIONS, REGISTRY
 from agents.models import (
     Agent,
@@ -367,6 +375,8 @@ class Outcome:
     payload: dict[str, Any]
     run: Run
     broadcast: dict[str, Any] = field(default_factory=dict)
+    policy: Policy | None = None  # the policy in force the decision was made with
+    policy_key: tuple[int, datetime] | None = None  # its (number, created_at)
 
 
 def _insert(model: type, values: dict[str, Any]) -> Statement:
@@ -406,9 +416,23 @@ def key_sql() -> str:
     return KEY_SQL.format(key=_table(AgentKey), agent=_table(Agent))
 
 
-def decision_steps(request: CallRequest, entry: KeyEntry, *, now: datetime) -> DecisionSteps:
+@dataclass(frozen=True)
+class Guard:
+    """A statement read with the decision's first batch: any row it returns hands the call to
+    the slow path (``reason``), which decides it with what the guard stands for. The MCP front
+    door guards a tool whose upstream definition is held this way."""
+
+    sql: str
+    params: Any
+    reason: str
+
+
+def decision_steps(
+    request: CallRequest, entry: KeyEntry, *, now: datetime, guards: Iterable[Guard] = ()
+) -> DecisionSteps:
     """Decide one tool call; yields batches of statements (run in one transaction, a batch per
     round trip) and returns the ``Outcome`` to commit, or raises ``Fallback``."""
+    guards = list(guards)
     args_hash = canonical_hash(request.args)
     # The arguments are checked before the first statement (outside the transaction, so a slow
     # schema holds no lock) against the policy this process last decided with; under the lock the
@@ -421,7 +445,7 @@ def decision_steps(request: CallRequest, entry: KeyEntry, *, now: datetime) -> D
         rule = seen.tool_rule_for(request.tool, _Caches.agent_names.get(entry.agent_id, ""))
         precheck = (seen, args_errors(rule, request.args) if rule.args_schema else [])
     agent_has_mode = _has_field(Agent, "mode")
-    guards = _run_guards()
+    run_guards = _run_guards()
     # The per-tool count grows with the run: read only when the tool has a per-run cap (known from
     # the policy last seen; if the policy in force says otherwise, it is counted afterwards).
     capped = seen is None or seen.tool_rule_for(request.tool, "").max_calls_per_run is not None
@@ -434,10 +458,14 @@ def decision_steps(request: CallRequest, entry: KeyEntry, *, now: datetime) -> D
         "hash": args_hash,
         "idem": request.idempotency_key,
     }
-    run_rows, read_rows = yield [
-        (_sql_lock_run(guards), params),
+    run_rows, read_rows, *guarded = yield [
+        (_sql_lock_run(run_guards), params),
         (_sql_read(agent_has_mode), params),
+        *((guard.sql, guard.params) for guard in guards),
     ]
+    for guard, rows in zip(guards, guarded, strict=True):
+        if rows:
+            raise Fallback(guard.reason)
     if not run_rows:
         raise Fallback("no_run")  # not this agent's run, or none: the 404 is Django's
     if not read_rows:
@@ -465,7 +493,7 @@ def decision_steps(request: CallRequest, entry: KeyEntry, *, now: datetime) -> D
         raise Fallback("key_revoked")  # the 401 is Django's
     if agent_mode != ENFORCE:
         raise Fallback("observe")
-    if list(run_row[len(_RUN_COLUMNS) :]) != list(guards.values()):
+    if list(run_row[len(_RUN_COLUMNS) :]) != list(run_guards.values()):
         raise Fallback("run_mode")  # observe mode, or a run that OTLP traces recorded
     if existing_call is not None:
         raise Fallback("idempotent_replay")
@@ -602,7 +630,19 @@ def decision_steps(request: CallRequest, entry: KeyEntry, *, now: datetime) -> D
         "approval": None,
         "run": run_payload,
     }
-    broadcast = {
+    return Outcome(
+        writes=writes,
+        payload=payload,
+        run=run,
+        broadcast=run_broadcast_payload(run, agent_name),
+        policy=policy,
+        policy_key=(policy_number, policy_created),
+    )
+
+
+def run_broadcast_payload(run: Run, agent_name: str) -> dict[str, Any]:
+    """``run_broadcast``'s payload."""
+    return {
         "id": run.pk,
         "agent": agent_name,
         "status": run.status,
@@ -610,7 +650,167 @@ def decision_steps(request: CallRequest, entry: KeyEntry, *, now: datetime) -> D
         "usage": run.usage(),
         "budgets": run.budgets(),
     }
-    return Outcome(writes=writes, payload=payload, run=run, broadcast=broadcast)
+
+
+# --- a plain result, recorded (the MCP front door reports the upstream's answer with it) --------
+
+
+@dataclass(frozen=True)
+class ReportRequest:
+    """An allowed call's successful result, as ``tool_call_report(ok=True, usd=0)`` takes it,
+    with the policy the output is validated against (the one its decision was made with)."""
+
+    tool_call_id: int
+    run_id: int
+    agent_id: int
+    agent_name: str
+    tool: str
+    output: Any
+    latency_ms: int | None
+    policy: Policy
+    policy_key: tuple[int, datetime]
+
+
+def _sql_report_breaker() -> str:
+    return f"""
+SELECT b.state, w.results, w.failures FROM {_table(ToolBreaker)} b
+CROSS JOIN LATERAL (
+  SELECT count(*) AS results, count(*) FILTER (WHERE NOT r.result_ok) AS failures FROM (
+    SELECT t.result_ok FROM {_table(ToolCall)} t
+    WHERE t.tool = b.tool AND t.reported_at IS NOT NULL
+      AND (b.window_start IS NULL OR t.reported_at >= b.window_start)
+    ORDER BY t.reported_at DESC LIMIT %(earlier)s
+  ) r
+) w
+WHERE b.tool = %(tool)s
+FOR UPDATE OF b
+"""
+
+
+def _update(model: type, pk: int, values: dict[str, Any]) -> Statement:
+    """An UPDATE of the given fields, each prepared as the ORM prepares it."""
+    names, params = [], []
+    for name, value in values.items():
+        model_field = model._meta.get_field(name)  # type: ignore[attr-defined]
+        names.append(f"{model_field.column} = %s")
+        params.append(model_field.get_db_prep_save(value, django_connection))
+    return f"UPDATE {_table(model)} SET {', '.join(names)} WHERE id = %s", [*params, pk]
+
+
+def report_steps(report: ReportRequest, *, now: datetime) -> DecisionSteps:
+    """Record an allowed call's valid, successful result as ``tool_call_report`` does, in two
+    round trips: the run, the call and the tool's breaker locked and its window counted, then the
+    call's result, its trace event, the breaker's failure rate, the run's activity and COMMIT.
+
+    Only the plain case: an output that fails validation, a policy changed since the decision, a
+    call already reported, a breaker that is new, half-open or would open, a run that this result
+    would stop - each raises ``Fallback`` and ``tool_call_report`` records it instead.
+    """
+    rule = report.policy.tool_rule(report.tool)
+    if output_errors(rule, report.output):
+        raise Fallback("invalid_output")
+    settings_ = rule.breaker
+    run_guards = _run_guards()
+    params = {
+        "run": report.run_id,
+        "agent": report.agent_id,
+        "call": report.tool_call_id,
+        "tool": report.tool,
+        # this result is the newest of the window: the breaker counts it with the earlier ones
+        "earlier": max(int(settings_["window"]) - 1, 0),
+    }
+    run_rows, call_rows, policy_rows, breaker_rows = yield [
+        (_sql_lock_run(run_guards), params),
+        (
+            f"SELECT decision, reported_at FROM {_table(ToolCall)} "
+            "WHERE id = %(call)s AND run_id = %(run)s FOR UPDATE",
+            params,
+        ),
+        (
+            f"SELECT number, created_at FROM {_table(PolicyVersion)} ORDER BY number DESC LIMIT 1",
+            params,
+        ),
+        (_sql_report_breaker(), params),
+    ]
+    if not run_rows or not call_rows:
+        raise Fallback("no_run")
+    run_row = run_rows[0]
+    if list(run_row[len(_RUN_COLUMNS) :]) != list(run_guards.values()):
+        raise Fallback("run_mode")
+    decision, reported_at = call_rows[0]
+    if decision != Decision.ALLOW or reported_at is not None:
+        raise Fallback("reported")
+    if not policy_rows or tuple(policy_rows[0]) != tuple(report.policy_key):
+        raise Fallback("policy_changed")
+    if not breaker_rows:
+        raise Fallback("breaker_new")  # the slow path creates the tool's breaker row
+    state, earlier, failures = breaker_rows[0]
+    run = Run(
+        pk=report.run_id,
+        agent_id=report.agent_id,
+        **dict(zip(_RUN_COLUMNS, run_row[: len(_RUN_COLUMNS)], strict=True)),
+    )
+    output = report.output
+    writes: Batch = [
+        _update(
+            ToolCall,
+            report.tool_call_id,
+            {
+                "result_ok": True,
+                "output": output,
+                "error": "",
+                "latency_ms": report.latency_ms,
+                "result_usd": Decimal("0"),
+                "valid": True,
+                "validation_errors": [],
+                "reported_at": now,
+                "result_hash": canonical_hash({"ok": True, "output": output, "error": ""}),
+            },
+        ),
+        _insert(
+            TraceEvent,
+            {
+                "run_id": report.run_id,
+                "kind": EventKind.TOOL_RESULT,
+                "at": now,
+                "tool_call_id": report.tool_call_id,
+                "data": {
+                    "tool_call_id": report.tool_call_id,
+                    "tool": report.tool,
+                    "ok": True,
+                    "valid": True,
+                    "errors": [],
+                    "error": "",
+                    "latency_ms": report.latency_ms,
+                    "usd": "0",
+                    "output": output,
+                },
+            },
+        ),
+    ]
+    if state == BreakerState.HALF_OPEN:
+        raise Fallback("breaker_half_open")  # its trial closes it: the slow path's
+    if state == BreakerState.CLOSED:
+        rate, opens = breaker_window(earlier + 1, failures, settings_)
+        if opens:
+            raise Fallback("breaker_opens")
+        writes.append(
+            (
+                f"UPDATE {_table(ToolBreaker)} SET failure_rate = %s, updated_at = %s "
+                "WHERE tool = %s",
+                [rate, now, report.tool],
+            )
+        )
+    broadcast: dict[str, Any] = {}
+    if run.status in (RunStatus.RUNNING, RunStatus.WAITING_APPROVAL):
+        if result_stop_reason(run=run, tool=report.tool, spend=Decimal("0"), errors=[]):
+            raise Fallback("result_stop")
+        run.last_activity_at = now
+        writes.append(
+            (f"UPDATE {_table(Run)} SET last_activity_at = %s WHERE id = %s", [now, run.pk])
+        )
+        broadcast = run_broadcast_payload(run, report.agent_name)
+    return Outcome(writes=writes, payload={}, run=run, broadcast=broadcast)
 
 
 def verdict_rule_capped(policy: Policy, tool: str, agent_name: str) -> bool:
@@ -790,6 +990,13 @@ async def _pool() -> Any:
     return pool
 
 
+async def pool_close() -> None:
+    """Close this event loop's pool (a server shutting down, a test's console stopping)."""
+    pool = _Pool.pools.pop(asyncio.get_running_loop(), None)
+    if pool is not None:
+        await pool.close()
+
+
 async def key_lookup_async(key_hash: str) -> KeyEntry:
     entry = _Caches.keys.get(key_hash)
     if entry is not None:
@@ -803,9 +1010,40 @@ async def key_lookup_async(key_hash: str) -> KeyEntry:
     return entry
 
 
-async def decide_async(request: CallRequest, entry: KeyEntry, now: datetime) -> Outcome:
+async def agent_for_key_async(key_hash: str) -> Agent | None:
+    """The agent of an active agent key, read fresh in one statement on this process's pool (the
+    MCP front door authenticates every request so). None - authenticate through Django instead -
+    when the key is unknown or revoked, or its last use is due to be recorded."""
+    columns = [f.column for f in Agent._meta.concrete_fields]
+    sql = (
+        f"SELECT k.revoked_at IS NULL, k.last_used_at, {', '.join(f'a.{c}' for c in columns)} "
+        f"FROM {_table(AgentKey)} k JOIN {_table(Agent)} a ON a.id = k.agent_id "
+        "WHERE k.key_hash = %s"
+    )
+    pool = await _pool()
+    async with pool.connection() as conn:
+        cursor = await conn.execute(sql, [key_hash])
+        row = await cursor.fetchone()
+        await conn.rollback()
+    if row is None or not row[0] or row[1] is None or timezone.now() - row[1] > TOUCH_EVERY:
+        return None
+    return Agent.from_db("default", [f.attname for f in Agent._meta.concrete_fields], list(row[2:]))
+
+
+async def decide_async(
+    request: CallRequest, entry: KeyEntry, now: datetime, guards: Iterable[Guard] = ()
+) -> Outcome:
     """Run the decision on this process's async pool, pipelined: one round trip per batch, the
     writes and COMMIT in the last."""
+    return await _drive_async(decision_steps(request, entry, now=now, guards=guards))
+
+
+async def report_async(report: ReportRequest, now: datetime) -> Outcome:
+    """Record a plain result on this process's async pool (``report_steps``)."""
+    return await _drive_async(report_steps(report, now=now))
+
+
+async def _drive_async(steps: DecisionSteps) -> Outcome:
     import psycopg
 
     pool = await _pool()
@@ -813,7 +1051,6 @@ async def decide_async(request: CallRequest, entry: KeyEntry, now: datetime) -> 
         async with pool.connection() as conn:
             try:
                 async with conn.pipeline() as pipeline:
-                    steps = decision_steps(request, entry, now=now)
                     batch = next(steps)
                     while True:
                         cursors = []
@@ -859,11 +1096,21 @@ def key_lookup_sync(key_hash: str) -> KeyEntry:
     return entry
 
 
-def decide_sync(request: CallRequest, entry: KeyEntry, now: datetime) -> Outcome:
+def decide_sync(
+    request: CallRequest, entry: KeyEntry, now: datetime, guards: Iterable[Guard] = ()
+) -> Outcome:
     """The same statements on Django's connection (tests drive the fast path inside their
     transaction with it). ``Fallback`` rolls the savepoint back."""
+    return _drive_sync(decision_steps(request, entry, now=now, guards=guards))
+
+
+def report_sync(report: ReportRequest, now: datetime) -> Outcome:
+    """``report_async`` on Django's connection (for tests, as ``decide_sync``)."""
+    return _drive_sync(report_steps(report, now=now))
+
+
+def _drive_sync(steps: DecisionSteps) -> Outcome:
     with transaction.atomic(), django_connection.cursor() as cursor:
-        steps = decision_steps(request, entry, now=now)
         batch = next(steps)
         while True:
             results: list[Rows] = []
@@ -928,7 +1175,7 @@ async def broadcast_run(outcome: Outcome) -> None:
     from channels.layers import get_channel_layer  # type: ignore[import-untyped]
 
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or not outcome.broadcast:
         return
     message = {"type": "live.event", "event": "run.updated", "payload": outcome.broadcast}
     for group in (group_for("runs"), group_for("run", outcome.run.pk)):
@@ -939,6 +1186,13 @@ async def broadcast_run(outcome: Outcome) -> None:
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+def spawn(work: Awaitable[None]) -> None:
+    """Run ``work`` after the answer, kept referenced until it is done."""
+    task = asyncio.ensure_future(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def problems() -> list[str]:
@@ -981,9 +1235,7 @@ async def handle(scope: dict[str, Any], run_id: int, body: bytes) -> tuple[int, 
         raise
     body_out = answer_body(outcome)
     decision_observed(started)
-    task = asyncio.ensure_future(broadcast_run(outcome))
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    spawn(broadcast_run(outcome))
     return 200, response_headers(request.secure, len(body_out)), body_out
 
 

@@ -24,7 +24,9 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from rest_framework.exceptions import AuthenticationFailed
 
+from agents.gateway import core
 from agents.mcp.server import build_server
+from opsconsole import keys
 from opsconsole.authentication import authenticate_bearer, is_agent
 
 logger = logging.getLogger("opsconsole.mcp")
@@ -62,6 +64,21 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], headers=()) -
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+async def _authenticate(header: str) -> Any:
+    """The principal of an ``Authorization`` header, checked afresh on every request: on
+    PostgreSQL an agent key in one statement on the gateway core's pool, else (a person's
+    token, a key whose last use is due to be recorded, SQLite) through Django."""
+    scheme, _, raw = header.partition(" ")
+    raw = raw.strip()
+    if scheme.lower() == "bearer" and raw.startswith(core.AGENT_KEY_PREFIX) and not core.problems():
+        with contextlib.suppress(Exception):  # the database: Django's path says what is wrong
+            agent = await core.agent_for_key_async(keys.digest(raw))
+            if agent is not None:
+                return agent
+    principal, _ = await sync_to_async(authenticate_bearer)(header)
+    return principal
 
 
 class McpApp:
@@ -107,7 +124,7 @@ class McpApp:
             if name == b"authorization":
                 header = value.decode("latin-1")
         try:
-            agent, _ = await sync_to_async(authenticate_bearer)(header)
+            agent = await _authenticate(header)
         except AuthenticationFailed as exc:
             await _send_json(
                 send,
@@ -128,6 +145,7 @@ class McpApp:
         await self._ensure_started()
         scope = dict(scope)
         scope["opsconsole.agent"] = agent
+        scope["opsconsole.key_hash"] = keys.digest(header.partition(" ")[2].strip())
         # Sessions belong to the agent that opened them (the SDK compares this principal).
         scope["user"] = AuthenticatedUser(
             AccessToken(token="", client_id=f"agent:{agent.pk}", scopes=[])

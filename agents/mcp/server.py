@@ -21,15 +21,17 @@ from typing import Any
 
 import mcp_types as types
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from agents import stop_reasons
+from agents.gateway import core
 from agents.mcp import services
 from agents.mcp.upstreams import Upstream, UpstreamPool, UpstreamUnavailable
-from agents.models import Agent, Decision, ToolCall
+from agents.models import Agent, Decision, McpToolSeen, ToolCall
 from agents.policy.document import (
     MAX_TOOL_NAME,
     TOOL_NAME_PATTERN,
@@ -296,6 +298,46 @@ def _error_text(result: types.CallToolResult) -> str:
     ]
 
 
+async def _report(
+    agent: Agent,
+    tool_call: ToolCall,
+    result: types.CallToolResult,
+    latency_ms: int,
+    decided: core.Outcome | None,
+) -> services.ResultOutcome:
+    """The upstream's answer recorded and validated: a plain valid success of a call the fast
+    path decided is recorded by it (``core.report_async``); anything else by the gateway's
+    ``tool_call_report``."""
+    output = _output(result)
+    if decided is not None and decided.policy is not None and not result.is_error:
+        report = core.ReportRequest(
+            tool_call_id=tool_call.pk,
+            run_id=tool_call.run_id,
+            agent_id=agent.pk,
+            agent_name=agent.name,
+            tool=tool_call.tool,
+            output=output,
+            latency_ms=latency_ms,
+            policy=decided.policy,
+            policy_key=decided.policy_key,  # type: ignore[arg-type]
+        )
+        try:
+            recorded = await core.report_async(report, timezone.now())
+        except core.Fallback as fallback:
+            core.FAST_PATH.labels(f"mcp_report_{fallback.reason}").inc()
+        else:
+            core.spawn(core.broadcast_run(recorded))
+            return services.ResultOutcome(True, None, [], recorded.run)
+    return await sync_to_async(services.mcp_result_report)(
+        agent=agent,
+        tool_call_id=tool_call.pk,
+        ok=not result.is_error,
+        output=output,
+        error=_error_text(result) if result.is_error else "",
+        latency_ms=latency_ms,
+    )
+
+
 async def _execute(
     ctx: ServerRequestContext[Any, Any],
     agent: Agent,
@@ -303,6 +345,7 @@ async def _execute(
     tool: str,
     args: dict[str, Any],
     tool_call: ToolCall,
+    decided: core.Outcome | None = None,
 ) -> types.CallToolResult:
     """Run an allowed call upstream, inside this live request, and have its result validated."""
 
@@ -328,14 +371,7 @@ async def _execute(
             _decision(tool_call, upstream_error=str(exc), stop_reason=outcome.stop_reason),
         )
     latency_ms = int((time.monotonic() - started) * 1000)
-    outcome = await sync_to_async(services.mcp_result_report)(
-        agent=agent,
-        tool_call_id=tool_call.pk,
-        ok=not result.is_error,
-        output=_output(result),
-        error=_error_text(result) if result.is_error else "",
-        latency_ms=latency_ms,
-    )
+    outcome = await _report(agent, tool_call, result, latency_ms, decided)
     if not outcome.valid:
         reason = outcome.stop_reason or stop_reasons.for_tool(
             stop_reasons.INVALID_TOOL_OUTPUT, tool_call.tool
@@ -370,6 +406,14 @@ async def call_tool(
     except ServiceError as exc:
         raise MCPError(types.INVALID_PARAMS, str(exc.detail)) from None
     key, label = run_key(ctx)
+    fast = await _fast_decision(ctx, agent, key, name, args, upstream)
+    if fast is not None:
+        tool_call, decided = fast
+        if key.startswith("session:"):
+            _finish_with_session(ctx, agent, tool_call.run_id)
+        pool.sync(decided.policy.mcp_servers)  # type: ignore[union-attr]
+        upstream = pool.get(server) or upstream
+        return await _execute(ctx, agent, upstream, tool, args, tool_call, decided)
     start = await sync_to_async(services.mcp_call_start)(
         agent=agent, key=key, label=label, tool=name, args=args
     )
@@ -413,6 +457,62 @@ async def call_tool(
                 _decision(tool_call),
             )
     return await _execute(ctx, agent, upstream, tool, args, tool_call)
+
+
+def _held_guard(name: str) -> core.Guard:
+    """A tool whose upstream definition changed is held: the slow path denies it."""
+    return core.Guard(
+        f"SELECT 1 FROM {McpToolSeen._meta.db_table} "
+        "WHERE tool = %s AND definition_hash <> accepted_hash",
+        [name],
+        "mcp_held",
+    )
+
+
+async def _fast_decision(
+    ctx: ServerRequestContext[Any, Any],
+    agent: Agent,
+    key: str,
+    name: str,
+    args: dict[str, Any],
+    upstream: Upstream,
+) -> tuple[ToolCall, core.Outcome] | None:
+    """The gateway core's decision (``agents.gateway.core``) for a call it can serve: a plain
+    allow in a run this process already knows. None hands the call to the slow path (which
+    decides it from scratch: the core's attempt was rolled back)."""
+    assert ctx.request is not None
+    key_hash = ctx.request.scope.get("opsconsole.key_hash")
+    if core.problems() or not key_hash or name in upstream.held:
+        return None
+    run_id = services.mcp_run_known(agent=agent, key=key)
+    if run_id is None:
+        return None
+    started = time.perf_counter()
+    request = core.CallRequest(
+        run_id=run_id, key_hash=key_hash, tool=name, args=args, idempotency_key=None, secure=False
+    )
+    try:
+        entry = await core.key_lookup_async(key_hash)
+        if entry.agent_id != agent.pk:
+            return None
+        decided = await core.decide_async(request, entry, timezone.now(), [_held_guard(name)])
+    except core.Fallback as fallback:
+        core.FAST_PATH.labels(f"mcp_{fallback.reason}").inc()
+        return None
+    except Exception as exc:  # noqa: BLE001 - the database: the slow path answers (or fails)
+        logger.warning("MCP fast decision failed, deciding on the slow path: %s", exc)
+        return None
+    core.decision_observed(started)
+    core.spawn(core.broadcast_run(decided))
+    tool_call = ToolCall(
+        pk=decided.payload["id"],
+        run_id=run_id,
+        tool=name,
+        decision=Decision.ALLOW,
+        stop_reason="",
+        detail="",
+    )
+    return tool_call, decided
 
 
 def _finish_with_session(ctx: ServerRequestContext[Any, Any], agent: Agent, run_id: int) -> None:

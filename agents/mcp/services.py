@@ -84,6 +84,11 @@ def mcp_run_resolve(*, agent: Agent, key: str, label: str) -> int | RunRefused:
     return run.pk
 
 
+def mcp_run_known(*, agent: Agent, key: str) -> int | None:
+    """The run of ``key`` if this process has resolved it already (no query)."""
+    return _runs.get((agent.pk, key))
+
+
 def mcp_session_run_finish(*, agent: Agent, run_id: int) -> None:
     """A handshake session ended (the host closed it, or it idled out): its run succeeded,
     unless it had already ended (a stop stays the run's end)."""

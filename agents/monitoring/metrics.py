@@ -1,4 +1,5 @@
-"""Prometheus metrics for ``/metrics`` (the gateway's own counters are agents/gateway/metrics.py).
+"""Prometheus metrics for ``/metrics`` (the gateway's own counters are agents/gateway/metrics.py,
+the OTLP receiver's agents/telemetry/metrics.py).
 
 Two kinds, chosen for correctness with several worker processes:
 
@@ -28,6 +29,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from agents.gateway.metrics import REGISTRY
 from agents.models import BreakerState, KillSwitchMode, ToolBreaker
 from agents.policy.selectors import kill_switch_current
+from agents.telemetry import metrics as _telemetry_metrics  # noqa: F401 - registers its counters
 from approvals.selectors import approval_pending_count
 
 

@@ -13,6 +13,13 @@ service, answer in the request's encoding. The answer is sent after the batch co
 - 503 more than ``OPSCONSOLE_OTLP_MAX_PENDING`` export requests already waiting in this worker
   (``Retry-After``: the time that backlog takes to drain at the recent pace), or the database
   cannot be reached.
+
+``POST /v1/metrics`` and ``POST /v1/logs``, where the same exporter configuration sends the other
+signals, are answered 404 (not retryable: the exporter drops them instead of retrying) with a
+``google.rpc.Status`` in the request's encoding saying how to send traces alone; after the same
+authentication (401/403).
+
+What became of each span and each request is counted for ``/metrics`` (``metrics.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework.exceptions import AuthenticationFailed
 
 from agents.telemetry import wire
+from agents.telemetry.metrics import REQUESTS, SPANS
 from agents.telemetry.services import IngestOutcome, spans_decode, traces_ingest
 from opsconsole.authentication import authenticate_bearer, is_agent
 from opsconsole.limits import AgentRateThrottle
@@ -86,6 +94,12 @@ def _refusal(kind: str, status: int, message: str, retry_after: int | None = Non
 
 @csrf_exempt
 async def traces(request: HttpRequest) -> HttpResponse:
+    response = await _traces(request)
+    REQUESTS.labels("traces", str(response.status_code)).inc()
+    return response
+
+
+async def _traces(request: HttpRequest) -> HttpResponse:
     kind = wire.media_type(request.headers.get("Content-Type", "")) or wire.JSON
     if request.method != "POST":
         return _refusal(kind, 405, "Export traces with POST.")
@@ -119,6 +133,9 @@ def _export(request: HttpRequest, kind: str) -> HttpResponse:
         outcome = IngestOutcome(rejected=decoded.rejected, reasons=list(decoded.reasons))
         records = spans_decode(decoded.request, outcome)
         traces_ingest(agent=agent, records=records, outcome=outcome)
+        SPANS.labels("accepted").inc(outcome.stored)
+        SPANS.labels("rejected").inc(outcome.rejected)
+        SPANS.labels("duplicate").inc(outcome.duplicates)
     except wire.WireError as error:
         return _refusal(kind, error.status, error.message)
     except DatabaseError as error:
@@ -135,6 +152,43 @@ def _export(request: HttpRequest, kind: str) -> HttpResponse:
         )
     body = wire.success_body(kind, rejected=outcome.rejected, message=outcome.message())
     return _answer(kind, 200, body)
+
+
+def _not_traces(signal: str, request: HttpRequest) -> HttpResponse:
+    """Metrics or logs, which an exporter configured with ``OTEL_EXPORTER_OTLP_ENDPOINT`` sends
+    here too: refused with a 404 that says what to do, in the request's encoding."""
+    kind = wire.media_type(request.headers.get("Content-Type", "")) or wire.JSON
+    if request.method != "POST":
+        return _refusal(kind, 405, f"Export {signal} with POST (they are not received here).")
+    try:
+        _agent(request)
+    except wire.WireError as error:
+        return _refusal(kind, error.status, error.message)
+    return _refusal(
+        kind,
+        404,
+        f"This console receives OpenTelemetry traces only, at /v1/traces: {signal} are not "
+        "received and this batch was dropped. To send traces alone, set "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=<console>/v1/traces instead of "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, or keep it and set OTEL_METRICS_EXPORTER=none and "
+        "OTEL_LOGS_EXPORTER=none.",
+    )
+
+
+@csrf_exempt
+def metrics(request: HttpRequest) -> HttpResponse:
+    """``/v1/metrics``: not received (404, see the module docstring)."""
+    response = _not_traces("metrics", request)
+    REQUESTS.labels("metrics", str(response.status_code)).inc()
+    return response
+
+
+@csrf_exempt
+def logs(request: HttpRequest) -> HttpResponse:
+    """``/v1/logs``: not received (404, see the module docstring)."""
+    response = _not_traces("logs", request)
+    REQUESTS.labels("logs", str(response.status_code)).inc()
+    return response
 
 
 def _agent(request: HttpRequest) -> Any:

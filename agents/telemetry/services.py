@@ -147,7 +147,8 @@ def _store(agent: Agent, records: list[SpanRecord], outcome: IngestOutcome) -> N
     for record in unique.values():
         by_trace[record.trace_id].append(record)
     trace_ids = sorted(by_trace)
-    stored = duplicates = 0
+    stored = 0
+    duplicates = len(records) - len(unique)  # the same span twice in one request
     with transaction.atomic():
         known = set(
             Run.objects.filter(agent=agent, trace_id__in=trace_ids).values_list(
@@ -181,6 +182,7 @@ def _store(agent: Agent, records: list[SpanRecord], outcome: IngestOutcome) -> N
         events: list[tuple[datetime, int, TraceEvent]] = []
         touched: list[Run] = []
         fresh_spans: dict[int, int] = {}
+        starts = {run.pk: run.started_at for run in runs.values()}
         for trace_id in trace_ids:
             run = runs[trace_id]
             new = [r for r in by_trace[trace_id] if (run.pk, r.span_id) not in seen]
@@ -200,7 +202,13 @@ def _store(agent: Agent, records: list[SpanRecord], outcome: IngestOutcome) -> N
         for run, record, call in calls:
             events.append((record.started_at, 1, _tool_call_event(run, call)))
             events.append((record.ended_at, 2, _tool_result_event(run, record, call)))
-        events.sort(key=lambda item: (item[2].run_id, item[0], item[1]))
+        first_span = {run.pk: run.started_at for run in touched}
+        for _, _, event in events:
+            if event.kind == EventKind.RUN_STARTED:  # a new run's start, at its earliest span
+                event.at = first_span[event.run_id]
+        earlier = [run for run in touched if run.metadata["otlp"]["spans"] > fresh_spans[run.pk]]
+        _timeline_merge(earlier, starts, events)
+        events.sort(key=lambda item: (item[2].run_id, _RANK.get(item[2].kind, 1), item[0], item[1]))
         bulk_insert(TraceEvent, [event for _, _, event in events])
         runs_save(touched)
         for run in touched:
@@ -208,6 +216,61 @@ def _store(agent: Agent, records: list[SpanRecord], outcome: IngestOutcome) -> N
     outcome.stored += stored
     outcome.duplicates += duplicates
     outcome.runs += len(touched)
+
+
+# A timeline's order: the start first, the end last, the rest by time then by these orders
+# (the orders _apply gives a batch's events, for events read back from the database).
+_RANK = {EventKind.RUN_STARTED: 0, EventKind.FINISH: 2, EventKind.STOP: 2}
+_ORDER = {
+    EventKind.RUN_STARTED: 0,
+    EventKind.TOOL_CALL: 1,
+    EventKind.TOOL_RESULT: 2,
+    EventKind.STEP: 3,
+    EventKind.FINISH: 9,
+    EventKind.STOP: 9,
+}
+
+
+def _timeline_merge(
+    runs: list[Run],
+    starts: dict[int, datetime],
+    events: list[tuple[datetime, int, TraceEvent]],
+) -> None:
+    """Keep the timeline of runs that had spans before this batch in time order.
+
+    A timeline is its events in id order (the run's page pages it by id; exports and replays
+    read it so), but spans do not arrive in time order: exporters send a span when it ends, so
+    children come before their root, and batches from several processes or retries come in any
+    order. The stored events that fall at or after this batch's earliest event are taken out
+    and written again with the batch's, in time order (``_store`` sorts them): the ids follow
+    the spans' times whatever order the batches came in. Only that tail is rewritten, so a
+    batch in order rewrites nothing. The start event moves to the run's earliest span.
+    """
+    earliest: dict[int, datetime] = {}
+    ids = {run.pk for run in runs}
+    for at, _, event in events:
+        if event.run_id in ids and event.kind not in _RANK:
+            earliest[event.run_id] = min(at, earliest.get(event.run_id, at))
+    for run in runs:
+        if run.started_at != starts[run.pk]:
+            TraceEvent.objects.filter(run_id=run.pk, kind=EventKind.RUN_STARTED).update(
+                at=run.started_at
+            )
+    if not earliest:
+        return
+    tail = models.Q()
+    for run_id, at in earliest.items():
+        tail |= models.Q(run_id=run_id, at__gte=at)
+    moved = list(
+        TraceEvent.objects.filter(tail).exclude(kind=EventKind.RUN_STARTED).order_by("run_id", "id")
+    )
+    if not moved:
+        return
+    TraceEvent.objects.filter(pk__in=[event.pk for event in moved]).delete()
+    for event in moved:
+        event.pk = None
+        event._state.adding = True
+        events.append((event.at, _ORDER.get(event.kind, 5), event))
 
 
 _RUN_FIELDS = [

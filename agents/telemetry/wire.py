@@ -41,6 +41,8 @@ _GRPC_CODES = {
     400: code_pb2.INVALID_ARGUMENT,
     401: code_pb2.UNAUTHENTICATED,
     403: code_pb2.PERMISSION_DENIED,
+    # gRPC's own HTTP mapping: a service the server does not implement (metrics, logs).
+    404: code_pb2.UNIMPLEMENTED,
     405: code_pb2.UNIMPLEMENTED,
     413: code_pb2.RESOURCE_EXHAUSTED,
     415: code_pb2.INVALID_ARGUMENT,

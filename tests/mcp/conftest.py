@@ -24,6 +24,7 @@ from django.db import connections
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from agents.gateway import core
 from agents.policy.document import normalise, parse_yaml
 from opsconsole.devserver import ROOT, free_port
 
@@ -167,6 +168,7 @@ class Console:
     def stop(self) -> None:
         async def close() -> None:
             await self.app.mcp.close()
+            await core.pool_close()
             await sync_to_async(connections.close_all)()
 
         with contextlib.suppress(Exception):

@@ -7,6 +7,9 @@ import gzip
 
 import pytest
 from django.db import OperationalError
+from django.test import Client
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agents.models import ObservedSpan, Run, ToolCall
 from agents.telemetry import api
@@ -218,3 +221,89 @@ async def test_trace_batches_have_their_own_body_cap_above_the_apis(settings):
     assert await _through_body_limit("/v1/traces", three_mib) == 200
     assert await _through_body_limit("/api/v1/runs", three_mib) == 413
     assert await _through_body_limit("/v1/traces", 33 * 1024 * 1024) == 413
+
+
+# --- the other signals: /v1/metrics and /v1/logs ------------------------------------------------
+
+
+def post_signal(path: str, key: str | None, content_type: str):
+    extra = {"CONTENT_TYPE": content_type}
+    if key:
+        extra["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return Client().post(path, b"\x0a\x00", content_type=content_type, **extra)
+
+
+@pytest.mark.parametrize("signal", ["metrics", "logs"])
+@pytest.mark.parametrize("content_type", [PROTOBUF, JSON])
+def test_metrics_and_logs_are_a_404_that_says_to_send_traces_alone(agent, signal, content_type):
+    response = post_signal(f"/v1/{signal}", agent.key, content_type)
+
+    assert response.status_code == 404  # not retryable: the exporter drops the batch
+    assert response["Content-Type"] == content_type
+    refusal = status(response)  # a google.rpc.Status in the request's encoding
+    assert refusal.code == 12  # UNIMPLEMENTED
+    assert "traces only, at /v1/traces" in refusal.message
+    assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in refusal.message
+    assert f"OTEL_{signal.upper()}_EXPORTER=none" in refusal.message
+    assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize("signal", ["metrics", "logs"])
+def test_metrics_and_logs_need_an_agent_key_as_traces_do(agent, oncall, signal):
+    assert post_signal(f"/v1/{signal}", None, PROTOBUF).status_code == 401
+    assert post_signal(f"/v1/{signal}", "aok_not-a-key", PROTOBUF).status_code == 401
+    assert post_signal(f"/v1/{signal}", oncall.token, JSON).status_code == 403
+
+
+# --- counted in /metrics --------------------------------------------------------------------------
+
+
+def otlp_counts(client) -> dict[tuple[str, ...], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    counts = {}
+    for family in text_string_to_metric_families(response.content.decode()):
+        for item in family.samples:
+            if item.name == "opsconsole_otlp_spans_total":
+                counts[("spans", item.labels["outcome"])] = item.value
+            elif item.name == "opsconsole_otlp_requests_total":
+                counts[("requests", item.labels["signal"], item.labels["code"])] = item.value
+    return counts
+
+
+def test_accepted_rejected_and_duplicate_spans_are_counted_in_metrics(agent, client):
+    before = otlp_counts(client)
+
+    export(agent.key, "mixed.json")  # 2 spans stored, 3 rejected
+    export(agent.key, "genai_latest.pb")  # 5 stored
+    export(agent.key, "genai_latest.json")  # the same 5 again: duplicates
+    export(None, "genai_latest.pb")  # refused as a whole: no span counted
+    post_signal("/v1/logs", agent.key, PROTOBUF)
+
+    after = otlp_counts(client)
+
+    def delta(*key: str) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta("spans", "accepted") == 7
+    assert delta("spans", "rejected") == 3
+    assert delta("spans", "duplicate") == 5
+    assert delta("requests", "traces", "200") == 3
+    assert delta("requests", "traces", "401") == 1
+    assert delta("requests", "logs", "404") == 1
+
+
+def test_the_same_span_twice_in_one_request_is_one_accepted_and_one_duplicate(agent, client):
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(fixture("genai_legacy.pb"))
+    spans = request.resource_spans[0].scope_spans[0].spans
+    spans.append(spans[0])
+    before = otlp_counts(client)
+
+    response = export(agent.key, body=request.SerializeToString(), content_type=PROTOBUF)
+
+    after = otlp_counts(client)
+    assert response.status_code == 200
+    accepted = after[("spans", "accepted")] - before.get(("spans", "accepted"), 0)
+    assert accepted == ObservedSpan.objects.count() == len(spans) - 1
+    assert after[("spans", "duplicate")] - before.get(("spans", "duplicate"), 0) == 1

@@ -3,17 +3,20 @@ vocabularies, a stop reason from the root span, and what enforcing would have do
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from django.utils import timezone
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from agents.models import EventKind, Run, RunStatus, ToolCall
 from agents.policy.document import SEED_POLICY_YAML, parse_yaml
 from agents.policy.services import policy_publish
+from agents.runs.selectors import run_trace_page
 from agents.telemetry.services import observed_runs_finalize
-from tests.telemetry.conftest import export
+from tests.conftest import logged_in
+from tests.telemetry.conftest import PROTOBUF, export, fixture
 
 pytestmark = pytest.mark.django_db
 
@@ -226,3 +229,76 @@ def test_the_sweep_ends_rootless_runs_and_purges_old_spans(agent, settings):
     assert not ObservedSpan.objects.filter(run=ended).exists()
     assert ObservedSpan.objects.filter(run=rootless).count() == 2
     assert Run.objects.get(pk=ended.pk).steps == 1  # the run and its counters stay
+
+
+def one_span_batches(name: str) -> list[tuple[int, bytes]]:
+    """A fixture's spans, one export request each, with each span's start time."""
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(fixture(name))
+    batches = []
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                single = ExportTraceServiceRequest()
+                part = single.resource_spans.add()
+                part.resource.CopyFrom(resource_spans.resource)
+                scope = part.scope_spans.add()
+                scope.scope.CopyFrom(scope_spans.scope)
+                scope.spans.append(span)
+                batches.append((span.start_time_unix_nano, single.SerializeToString()))
+    return batches
+
+
+# genai_latest's timeline sent as one batch (see the first test of this file).
+IN_ORDER = [
+    EventKind.RUN_STARTED,
+    EventKind.STEP,
+    EventKind.TOOL_CALL,
+    EventKind.TOOL_RESULT,
+    EventKind.TOOL_CALL,
+    EventKind.TOOL_RESULT,
+    EventKind.STEP,
+    EventKind.FINISH,
+]
+
+
+@pytest.mark.parametrize("root", ["first", "last"])
+def test_the_timeline_is_in_the_spans_time_order_when_batches_arrive_in_reverse(
+    agent, oncall, root
+):
+    batches = sorted(one_span_batches("genai_latest.pb"), reverse=True)  # latest start first
+    root_batch = batches.pop()  # the root starts first
+    batches = [root_batch, *batches] if root == "first" else [*batches, root_batch]
+    for _, body in batches:
+        assert export(agent.key, body=body, content_type=PROTOBUF).status_code == 200
+
+    run = run_of(1)
+    events, _ = run_trace_page(run=run)  # what the run's page shows, in id order
+    assert [event.kind for event in events] == IN_ORDER
+    times = [event.at for event in events]
+    assert times == sorted(times)
+    assert times[0] == run.started_at == datetime.fromtimestamp(root_batch[0] / 1e9, UTC)
+    assert [e.data["tool"] for e in events if e.kind == EventKind.TOOL_CALL] == [
+        "kb.read",
+        "email.send",
+    ]
+    assert [e.data["tokens_in"] for e in events if e.kind == EventKind.STEP] == [1200, 1400]
+    # Nothing lost or doubled by the reordering; the run is judged as if sent at once.
+    assert run.events.count() == len(IN_ORDER)
+    assert (run.steps, run.tool_calls, run.status) == (2, 2, RunStatus.SUCCEEDED)
+    assert run.would_stop_reason == "tool_denied:email.send"
+    page = logged_in(oncall).get(f"/runs/{run.pk}/").content.decode()
+    assert page.index("<code>kb.read</code>") < page.index("<code>email.send</code>")
+
+
+def test_a_batch_in_time_order_rewrites_no_stored_event(agent):
+    batches = sorted(one_span_batches("genai_latest.pb"))
+    for _, body in batches[:3]:  # the root, the first model call, kb.read
+        export(agent.key, body=body, content_type=PROTOBUF)
+    ids = list(run_of(1).events.order_by("id").values_list("id", flat=True))
+
+    export(agent.key, body=batches[3][1], content_type=PROTOBUF)  # email.send, later
+
+    after = list(run_of(1).events.order_by("id").values_list("id", flat=True))
+    assert after[: len(ids) - 1] == ids[:-1]  # all but the finish, which stays last
+    assert run_of(1).events.order_by("-id").first().kind == EventKind.FINISH

@@ -1,0 +1,136 @@
+"""``tools/call`` through the gateway core (agents/gateway/core.py) on PostgreSQL: once a run is
+known to the process, a plain allowed call is decided and its valid result recorded in two round
+trips each, with the same rows the slow path writes; everything else (and everything on SQLite)
+goes through the gateway's services, whose tests are the rest of tests/mcp."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
+
+from agents.gateway.metrics import REGISTRY
+from agents.models import McpToolSeen, ToolCall, TraceEvent
+from tests.mcp.conftest import decision_of, mcp_client, text_of
+
+ON_POSTGRESQL = connection.vendor == "postgresql"
+
+
+def outcomes() -> dict[str, float]:
+    return {
+        sample.labels["outcome"]: sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == "opsconsole_gateway_fast_path"
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+
+
+def new_outcomes(before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0) for k, v in outcomes().items() if v > before.get(k, 0)}
+
+
+def test_calls_after_the_first_are_decided_and_recorded_by_the_core(console, agent, upstream):
+    async def scenario():
+        async with mcp_client(console, agent.key, "handshake") as client:
+            await client.list_tools()
+            first = await client.call_tool("up.search", {"query": "a"})
+            before = await sync_to_async(outcomes)()  # some collectors read the database
+            more = [await client.call_tool("up.search", {"query": q}) for q in ("b", "c")]
+            return first, more, await sync_to_async(new_outcomes)(before)
+
+    first, more, counted = asyncio.run(scenario())
+    assert [r.is_error for r in (first, *more)] == [False, False, False]
+    # The first call starts the session's run (the slow path); the next two are the core's.
+    assert counted == ({"served": 2} if ON_POSTGRESQL else {})
+    calls = ToolCall.objects.filter(run_id=decision_of(first)["run_id"]).order_by("pk")
+    assert [(c.tool, c.args, c.valid, c.result_ok) for c in calls] == [
+        ("up.search", {"query": q}, True, True) for q in "abc"
+    ]
+    assert [c.output for c in calls][-1] == more[-1].structured_content
+    results = TraceEvent.objects.filter(run_id=calls[0].run_id, kind="tool_result")
+    assert [e.data["tool_call_id"] for e in results.order_by("pk")] == [c.pk for c in calls]
+    assert calls[0].run.tool_calls == 3
+
+
+def test_a_definition_held_by_another_worker_is_denied_on_the_next_call(console, agent, upstream):
+    """This process listed the tool unchanged; another worker saw it change upstream. The
+    core's guard reads the pin in the decision's own statement: the call is refused."""
+
+    async def scenario():
+        async with mcp_client(console, agent.key, "handshake") as client:
+            await client.list_tools()
+            allowed = await client.call_tool("up.search", {"query": "a"})
+            await sync_to_async(
+                lambda: McpToolSeen.objects.filter(tool="up.search").update(definition_hash="x")
+            )()
+            denied = await client.call_tool("up.search", {"query": "b"})
+            return allowed, denied
+
+    allowed, denied = asyncio.run(scenario())
+    assert allowed.is_error is False
+    assert denied.is_error is True and text_of(denied).startswith("REFUSED")
+    assert decision_of(denied)["stop_reason"] == "tool_denied:up.search"
+    assert "definition changed upstream" in decision_of(denied)["detail"]
+    assert [c["args"] for c in upstream.executed()] == [{"query": "a"}]
+
+
+def test_an_invalid_result_of_a_fast_decision_still_stops_the_run(console, agent, upstream):
+    """The output schema is checked before the model sees the result, whichever path decided."""
+
+    async def scenario():
+        async with mcp_client(console, agent.key, "handshake") as client:
+            await client.list_tools()
+            await client.call_tool("up.search", {"query": "a"})
+            return await client.call_tool("up.dump", {})
+
+    result = asyncio.run(scenario())
+    assert result.is_error is True and text_of(result).startswith("STOPPED")
+    assert decision_of(result)["stop_reason"] == "invalid_tool_output:up.dump"
+    assert "x" * 100 not in text_of(result)
+    call = ToolCall.objects.get(pk=decision_of(result)["tool_call_id"])
+    assert (call.valid, call.output) == (False, None)
+
+
+def test_a_key_revoked_mid_session_is_refused_on_the_next_request(console, agent, upstream):
+    """Every request is authenticated afresh (on PostgreSQL in one statement of the core's)."""
+    from agents.models import AgentKey
+    from agents.registry.services import agent_key_revoke
+
+    def revoke() -> None:
+        for key in AgentKey.objects.filter(agent=agent.agent):
+            agent_key_revoke(key_id=key.pk, actor="admin")
+
+    async def scenario():
+        async with mcp_client(console, agent.key, "stateless") as client:
+            await client.list_tools()
+            for query in ("a", "b"):
+                assert (await client.call_tool("up.search", {"query": query})).is_error is False
+            await sync_to_async(revoke)()
+            await client.call_tool("up.search", {"query": "after"})
+
+    with pytest.raises(BaseException):  # noqa: B017 - the SDK wraps the 401 in its own errors
+        asyncio.run(scenario())
+    assert [c["args"]["query"] for c in upstream.executed()] == ["a", "b"]
+    assert ToolCall.objects.filter(args={"query": "after"}).count() == 0
+
+
+def test_a_paused_agent_is_stopped_on_its_next_call(console, agent, upstream):
+    from agents.registry.services import agent_pause
+
+    async def scenario():
+        async with mcp_client(console, agent.key, "handshake") as client:
+            await client.list_tools()
+            for query in ("a", "b"):
+                assert (await client.call_tool("up.search", {"query": query})).is_error is False
+            await sync_to_async(agent_pause)(
+                agent=agent.agent, actor="oncall", by="oncall", reason="incident"
+            )
+            return await client.call_tool("up.search", {"query": "after"})
+
+    result = asyncio.run(scenario())
+    assert result.is_error is True and text_of(result).startswith("STOPPED")
+    assert decision_of(result)["stop_reason"] == "agent_disabled"
+    assert [c["args"]["query"] for c in upstream.executed()] == ["a", "b"]
