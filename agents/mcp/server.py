@@ -17,10 +17,12 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import mcp_types as types
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.utils import timezone
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
@@ -41,7 +43,7 @@ from agents.policy.document import (
 from agents.policy.selectors import kill_switch_current, policy_current
 from approvals.waits import approval_wait
 from opsconsole.errors import ServiceError
-from opsconsole.limits import check_args_size
+from opsconsole.limits import ToolCallRateThrottle, check_args_size
 
 logger = logging.getLogger("opsconsole.mcp")
 
@@ -405,6 +407,9 @@ async def call_tool(
         check_args_size(args)  # the HTTP gateway's cap (OPSCONSOLE_MAX_ARGS_BYTES)
     except ServiceError as exc:
         raise MCPError(types.INVALID_PARAMS, str(exc.detail)) from None
+    limited = await _rate_limited(agent, name)
+    if limited is not None:
+        return limited
     key, label = run_key(ctx)
     fast = await _fast_decision(ctx, agent, key, name, args, upstream)
     if fast is not None:
@@ -457,6 +462,31 @@ async def call_tool(
                 _decision(tool_call),
             )
     return await _execute(ctx, agent, upstream, tool, args, tool_call)
+
+
+async def _rate_limited(agent: Agent, tool: str) -> types.CallToolResult | None:
+    """The agent's tool-call rate (``OPSCONSOLE_RATE_LIMITS["tool_calls"]``), counted in the
+    same windows as its HTTP calls: over it, the call is refused (nothing is decided, nothing
+    runs, the run goes on) with how long to wait, as the HTTP gateway's 429 and Retry-After."""
+    if not settings.OPSCONSOLE_RATE_LIMITS.get(ToolCallRateThrottle.scope):
+        return None
+    throttle = ToolCallRateThrottle()
+    if await sync_to_async(throttle.allow_request)(SimpleNamespace(user=agent), None):
+        return None
+    wait = int(throttle.wait())
+    return _answer(
+        f"RATE_LIMITED by the agent ops console: this agent is over its rate of tool calls. "
+        f"Nothing was executed. Wait {wait} s, then call {tool} again; the run goes on.",
+        {
+            "error": "rate_limited",  # the HTTP gateway's error code for its 429
+            "decision": None,
+            "stop_reason": None,
+            "detail": f"over {settings.OPSCONSOLE_RATE_LIMITS[ToolCallRateThrottle.scope]}",
+            "retry_after_seconds": wait,
+            "run_id": None,
+            "tool_call_id": None,
+        },
+    )
 
 
 def _held_guard(name: str) -> core.Guard:

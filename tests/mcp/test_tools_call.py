@@ -206,3 +206,24 @@ def test_arguments_over_the_gateways_cap_are_a_protocol_error(console, agent, up
     error = asyncio.run(scenario())
     assert isinstance(error, MCPError) and "over the cap of 100" in str(error)
     assert ToolCall.objects.count() == 0 and upstream.executed() == []
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_the_agents_tool_call_rate_holds_over_mcp_too(console, agent, upstream, settings, era):
+    """The same per-agent windows as its HTTP calls: over the rate, a call is refused with how
+    long to wait, nothing runs and the session and run go on."""
+    settings.OPSCONSOLE_RATE_LIMITS = {**settings.OPSCONSOLE_RATE_LIMITS, "tool_calls": "2/min"}
+
+    async def scenario():
+        async with mcp_client(console, agent.key, era) as client:
+            await client.list_tools()
+            return [await client.call_tool("up.search", {"query": q}) for q in "abc"]
+
+    results = asyncio.run(scenario())
+    assert [r.is_error for r in results] == [False, False, True]
+    assert text_of(results[2]).startswith("RATE_LIMITED")
+    meta = decision_of(results[2])
+    assert meta["error"] == "rate_limited" and 1 <= meta["retry_after_seconds"] <= 60
+    assert [c["args"]["query"] for c in upstream.executed()] == ["a", "b"]
+    run = Run.objects.get(pk=decision_of(results[0])["run_id"])
+    assert run.tool_calls == 2 and ToolCall.objects.filter(run=run).count() == 2
