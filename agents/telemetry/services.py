@@ -220,8 +220,8 @@ def _store(agent: Agent, records: list[SpanRecord], outcome: IngestOutcome) -> N
 
 # A timeline's order: the start first, the end last, the rest by time then by these orders
 # (the orders _apply gives a batch's events, for events read back from the database).
-_RANK = {EventKind.RUN_STARTED: 0, EventKind.FINISH: 2, EventKind.STOP: 2}
-_ORDER = {
+_RANK: dict[str, int] = {EventKind.RUN_STARTED: 0, EventKind.FINISH: 2, EventKind.STOP: 2}
+_ORDER: dict[str, int] = {
     EventKind.RUN_STARTED: 0,
     EventKind.TOOL_CALL: 1,
     EventKind.TOOL_RESULT: 2,
