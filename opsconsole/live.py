@@ -51,15 +51,31 @@ def close_sockets_at_logout(sender, request=None, **kwargs) -> None:
 
 
 def broadcast(groups: list[str], event: str, payload: dict[str, Any]) -> None:
+    broadcast_many([(groups, event, payload)])
+
+
+def broadcast_many(updates: list[tuple[list[str], str, dict[str, Any]]]) -> None:
+    """Send (groups, event, payload) updates after commit, all in one hop to the event loop (a
+    batch of OTLP spans updates dozens of runs at once; one hop each cost more than storing)."""
+    if not updates:
+        return
+
+    async def send_all(layer: Any) -> None:
+        for groups, event, payload in updates:
+            message = {"type": "live.event", "event": event, "payload": payload}
+            for group in groups:
+                try:
+                    await layer.group_send(group, message)
+                except Exception as exc:  # noqa: BLE001 - live updates degrade, decisions do not
+                    logger.warning("live update to %s dropped: %s", group, exc)
+
     def send() -> None:
         layer = get_channel_layer()
         if layer is None:
             return
-        message = {"type": "live.event", "event": event, "payload": payload}
-        for group in groups:
-            try:
-                async_to_sync(layer.group_send)(group, message)
-            except Exception as exc:  # noqa: BLE001 - live updates degrade, decisions do not
-                logger.warning("live update to %s dropped: %s", group, exc)
+        try:
+            async_to_sync(send_all)(layer)
+        except Exception as exc:  # noqa: BLE001 - live updates degrade, decisions do not
+            logger.warning("live updates dropped: %s", exc)
 
     transaction.on_commit(send)

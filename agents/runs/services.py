@@ -23,7 +23,7 @@ from agents.models import (
     TraceEvent,
 )
 from opsconsole.errors import NotFound
-from opsconsole.live import broadcast, group_for
+from opsconsole.live import broadcast_many, group_for
 
 
 def run_event_record(
@@ -37,17 +37,27 @@ def run_event_record(
 
 def run_broadcast(run: Run) -> None:
     """Open runs lists and this run's page update (after commit; see opsconsole/live.py)."""
-    broadcast(
-        [group_for("runs"), group_for("run", run.pk)],
-        "run.updated",
-        {
-            "id": run.pk,
-            "agent": run.agent.name,
-            "status": run.status,
-            "stop_reason": run.stop_reason,
-            "usage": run.usage(),
-            "budgets": run.budgets(),
-        },
+    run_broadcast_many([run])
+
+
+def run_broadcast_many(runs: list[Run]) -> None:
+    """``run_broadcast`` for several runs, sent together."""
+    broadcast_many(
+        [
+            (
+                [group_for("runs"), group_for("run", run.pk)],
+                "run.updated",
+                {
+                    "id": run.pk,
+                    "agent": run.agent.name,
+                    "status": run.status,
+                    "stop_reason": run.stop_reason,
+                    "usage": run.usage(),
+                    "budgets": run.budgets(),
+                },
+            )
+            for run in runs
+        ]
     )
 
 

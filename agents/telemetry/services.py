@@ -55,7 +55,7 @@ from agents.models import (
 from agents.monitoring.replay import ReplayResult, replay
 from agents.policy.document import Policy, canonical_hash
 from agents.policy.selectors import policy_current
-from agents.runs.services import run_broadcast
+from agents.runs.services import run_broadcast_many
 from agents.telemetry.conventions import (
     AGENT,
     LLM,
@@ -211,8 +211,7 @@ def _store(agent: Agent, records: list[SpanRecord], outcome: IngestOutcome) -> N
         events.sort(key=lambda item: (item[2].run_id, _RANK.get(item[2].kind, 1), item[0], item[1]))
         bulk_insert(TraceEvent, [event for _, _, event in events])
         runs_save(touched)
-        for run in touched:
-            run_broadcast(run)
+        run_broadcast_many(touched)
     outcome.stored += stored
     outcome.duplicates += duplicates
     outcome.runs += len(touched)
@@ -878,8 +877,7 @@ def observed_runs_finalize(*, quiet_seconds: int, batch: int = 200) -> int:
         bulk_insert(TraceEvent, events)
         _would_have(runs, policy)
         runs_save(runs)
-        for run in runs:
-            run_broadcast(run)
+        run_broadcast_many(runs)
     return len(runs)
 
 

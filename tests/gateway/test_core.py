@@ -68,8 +68,8 @@ def test_fast_and_slow_paths_answer_record_and_push_the_same(
 
     monkeypatch.setattr(core, "broadcast_run", record_push)
     monkeypatch.setattr(
-        "agents.runs.services.broadcast",
-        lambda groups, event, payload: pushed.append(payload) if event == "run.updated" else None,
+        "agents.runs.services.broadcast_many",
+        lambda updates: pushed.extend(p for _, event, p in updates if event == "run.updated"),
     )
     slow_run, fast_run = start_run()["id"], start_run()["id"]
     pushed.clear()
