@@ -92,7 +92,7 @@ def _keys(agent_id: int, version: str) -> tuple[_Key, ...]:
     return ((agent_id, version), (agent_id, ALL_VERSIONS), (None, ALL_VERSIONS))
 
 
-def rollup_bucket(*, size: str, start: datetime) -> int:
+def rollup_bucket(*, size: str, start: datetime, now: datetime | None = None) -> int:
     """Recompute every rollup row of one bucket from raw rows; returns the rows written."""
     end = start + SIZES[size]
     ended = Run.objects.filter(ended_at__gte=start, ended_at__lt=end)
@@ -139,7 +139,7 @@ def rollup_bucket(*, size: str, start: datetime) -> int:
         for key in run_keys.get(run_id, ()):
             samples[key].latencies[tool].append(latency)
 
-    now = timezone.now()
+    now = now or timezone.now()
     with transaction.atomic():
         for (agent_id, version), sample in samples.items():
             _upsert(agent_id, version, size, start, _fields(sample, now))
@@ -194,8 +194,34 @@ def _upsert(agent_id: int | None, version: str, size: str, start: datetime, fiel
         MetricRollup.objects.filter(**key).update(**fields)
 
 
+# How old an open bucket's rows may be before the job recomputes them: every bucket is computed
+# from raw rows, and the current day holds up to a day of them (at 30,000 runs an hour, seconds of
+# CPU), so it is refreshed every 10 minutes while the current hour is refreshed on every run of the
+# job (each minute) - once, whichever process runs it. A closed bucket is recomputed until SETTLE
+# after its end (runs that ended just before its boundary and committed just after), then left.
+REFRESH = {BucketSize.HOUR: timedelta(seconds=50), BucketSize.DAY: timedelta(minutes=10)}
+SETTLE = timedelta(minutes=5)
+
+
+def rollup_due(*, size: str, start: datetime, now: datetime) -> bool:
+    """Whether the job recomputes this bucket now (see ``REFRESH``)."""
+    computed = (
+        MetricRollup.objects.filter(size=size, start=start)
+        .order_by("computed_at")
+        .values_list("computed_at", flat=True)
+        .first()
+    )
+    if computed is None:
+        return True  # never computed, or no runs ended in it (then it costs nothing)
+    end = start + SIZES[size]
+    if end <= now:
+        return computed < end + SETTLE
+    return now - computed >= REFRESH[size]
+
+
 def rollups_compute(*, now: datetime | None = None) -> dict[str, int]:
-    """The periodic job: recompute the current and previous hour and day, then drift rules.
+    """The periodic job: recompute the current and previous hour and day when they are due
+    (``rollup_due``), then drift rules.
 
     Idempotent: running it twice (or in two processes) writes the same rows.
     """
@@ -205,7 +231,8 @@ def rollups_compute(*, now: datetime | None = None) -> dict[str, int]:
     for size, length in SIZES.items():
         current = bucket_start(now, size)
         for start in (current - length, current):
-            written += rollup_bucket(size=size, start=start)
+            if rollup_due(size=size, start=start, now=now):
+                written += rollup_bucket(size=size, start=start, now=now)
             evaluated.append((size, start))
     alerts = sum(drift_evaluate(size=size, start=start) for size, start in evaluated)
     return {"rollups": written, "alerts": alerts}

@@ -143,12 +143,43 @@ def test_the_rollup_job_is_an_idempotent_upsert_of_hour_and_day_buckets(agent):
     first = monitoring.rollups_compute(now=now)
     rows = MetricRollup.objects.order_by("pk").values_list("pk", "runs", "tool_calls_p95")
     snapshot = list(rows)
-    second = monitoring.rollups_compute(now=now)
+    # Computed again (after the buckets are due again: see the next test): the same rows.
+    again = monitoring.rollups_compute(now=now + timedelta(minutes=11))
 
-    assert first == second == {"rollups": 6, "alerts": 0}  # 3 series x (hour, day)
+    assert first == again == {"rollups": 6, "alerts": 0}  # 3 series x (hour, day)
     assert list(rows.all()) == snapshot
     day = MetricRollup.objects.get(agent=bot, agent_version="v1", size="day")
     assert day.start == datetime(2026, 3, 2, tzinfo=UTC) and day.runs == 1
+
+
+@pytest.mark.django_db
+def test_the_current_hour_is_recomputed_each_minute_the_day_every_ten_and_closed_ones_settle(
+    agent,
+):
+    """Each bucket is computed from raw rows, and a day holds up to a day of them: recomputing
+    it every minute in every process made the job's cost grow with the day's traffic."""
+    bot = agent.agent
+    now = HOUR + timedelta(minutes=45)
+    finished_run(bot, calls=2)
+    assert monitoring.rollups_compute(now=now)["rollups"] == 6  # 3 series x (hour, day)
+    assert monitoring.rollups_compute(now=now + timedelta(seconds=10))["rollups"] == 0
+    assert monitoring.rollups_compute(now=now + timedelta(minutes=1))["rollups"] == 3  # the hour
+    assert monitoring.rollups_compute(now=now + timedelta(minutes=10))["rollups"] == 6
+
+    # Once the hour has closed, it is recomputed until a computation after it settled (5 minutes
+    # after its end), then left as it is.
+    def runs_in_hour() -> int:
+        return MetricRollup.objects.get(agent=bot, agent_version="v1", start=HOUR).runs
+
+    finished_run(bot, calls=5)  # ended in HOUR, committed late
+    monitoring.rollups_compute(now=HOUR + timedelta(hours=1, minutes=2))
+    assert runs_in_hour() == 2
+    finished_run(bot, calls=6)
+    monitoring.rollups_compute(now=HOUR + timedelta(hours=1, minutes=20))
+    assert runs_in_hour() == 3
+    finished_run(bot, calls=7)  # settled: not counted any more
+    monitoring.rollups_compute(now=HOUR + timedelta(hours=1, minutes=40))
+    assert runs_in_hour() == 3
 
 
 @pytest.mark.django_db
