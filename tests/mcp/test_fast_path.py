@@ -11,21 +11,11 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 
-from agents.gateway.metrics import REGISTRY
 from agents.models import McpToolSeen, ToolCall, TraceEvent
+from tests.gateway.test_core import outcomes  # the fast path's counters, by outcome
 from tests.mcp.conftest import decision_of, mcp_client, text_of
 
 ON_POSTGRESQL = connection.vendor == "postgresql"
-
-
-def outcomes() -> dict[str, float]:
-    return {
-        sample.labels["outcome"]: sample.value
-        for metric in REGISTRY.collect()
-        if metric.name == "opsconsole_gateway_fast_path"
-        for sample in metric.samples
-        if sample.name.endswith("_total")
-    }
 
 
 def new_outcomes(before: dict[str, float]) -> dict[str, float]:

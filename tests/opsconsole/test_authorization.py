@@ -70,6 +70,8 @@ PUBLIC_PAGES = {
     "favicon": "the browser tab icon, a redirect to a static file (no data)",
     "metrics": "Prometheus scrape; closed by OPSCONSOLE_METRICS_TOKEN when set",
     "otlp-traces": "OTLP/HTTP receiver: an agent key, not a role (tests/telemetry/test_receiver.py)",
+    "otlp-metrics": "OTLP/HTTP: refuses metrics (404) after checking the agent key, as traces",
+    "otlp-logs": "OTLP/HTTP: refuses logs (404) after checking the agent key, as traces",
 }
 
 PERSONAS = (
