@@ -669,6 +669,7 @@ class ReportRequest:
     latency_ms: int | None
     policy: Policy
     policy_key: tuple[int, datetime]
+    validated: bool = False  # the caller checked the output against ``policy`` already
 
 
 def _sql_report_breaker() -> str:
@@ -707,7 +708,7 @@ def report_steps(report: ReportRequest, *, now: datetime) -> DecisionSteps:
     would stop - each raises ``Fallback`` and ``tool_call_report`` records it instead.
     """
     rule = report.policy.tool_rule(report.tool)
-    if output_errors(rule, report.output):
+    if not report.validated and output_errors(rule, report.output):
         raise Fallback("invalid_output")
     settings_ = rule.breaker
     run_guards = _run_guards()
@@ -1022,9 +1023,12 @@ async def agent_for_key_async(key_hash: str) -> Agent | None:
     )
     pool = await _pool()
     async with pool.connection() as conn:
-        cursor = await conn.execute(sql, [key_hash])
-        row = await cursor.fetchone()
-        await conn.rollback()
+        await conn.set_autocommit(True)  # one statement, one round trip: no BEGIN / ROLLBACK
+        try:
+            cursor = await conn.execute(sql, [key_hash])
+            row = await cursor.fetchone()
+        finally:
+            await conn.set_autocommit(False)
     if row is None or not row[0] or row[1] is None or timezone.now() - row[1] > TOUCH_EVERY:
         return None
     return Agent.from_db("default", [f.attname for f in Agent._meta.concrete_fields], list(row[2:]))

@@ -25,7 +25,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from rest_framework.exceptions import AuthenticationFailed
 
 from agents.gateway import core
-from agents.mcp.server import build_server
+from agents.mcp.server import RECORDING_SCOPE_KEY, Recording, build_server
 from opsconsole import keys
 from opsconsole.authentication import authenticate_bearer, is_agent
 
@@ -113,6 +113,7 @@ class McpApp:
         await asyncio.shield(self._started)
 
     async def close(self) -> None:
+        await Recording.settled()  # results answered but not yet written
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):  # cancelled, as asked
@@ -151,6 +152,8 @@ class McpApp:
             AccessToken(token="", client_id=f"agent:{agent.pk}", scopes=[])
         )
         await self.manager.handle_request(scope, receive, send)
+        # The answer is out; the request ends once its results are written (server.Recording).
+        await Recording.wait(scope.get(RECORDING_SCOPE_KEY, []))
 
 
 class WithMcp:

@@ -23,6 +23,7 @@ from typing import Any
 import mcp_types as types
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 from django.utils import timezone
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
@@ -31,6 +32,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from agents import stop_reasons
 from agents.gateway import core
+from agents.gateway.decisions import output_errors
 from agents.mcp import services
 from agents.mcp.upstreams import Upstream, UpstreamPool, UpstreamUnavailable
 from agents.models import Agent, Decision, McpToolSeen, ToolCall
@@ -55,6 +57,7 @@ META_DECISION = "opsconsole/decision"
 PROGRESS_EVERY_SECONDS = 5.0
 CONTAINMENT_EVERY_SECONDS = 1.0  # a held call re-reads the kill switch, pause and degrade
 SESSION_HEADER = "mcp-session-id"
+RECORDING_SCOPE_KEY = "opsconsole.recording"  # the request's results still being recorded
 
 _tool_name = __import__("re").compile(TOOL_NAME_PATTERN)
 
@@ -306,30 +309,30 @@ async def _report(
     result: types.CallToolResult,
     latency_ms: int,
     decided: core.Outcome | None,
+    scope: dict[str, Any],
 ) -> services.ResultOutcome:
-    """The upstream's answer recorded and validated: a plain valid success of a call the fast
-    path decided is recorded by it (``core.report_async``); anything else by the gateway's
-    ``tool_call_report``."""
+    """The upstream's answer validated and recorded. A plain success of a call the fast path
+    decided is validated here, against the policy of its decision, and recorded right after the
+    answer (``_record_after``); anything else is recorded by the gateway's ``tool_call_report``
+    before the model sees it (an invalid output stops the run there)."""
     output = _output(result)
     if decided is not None and decided.policy is not None and not result.is_error:
-        report = core.ReportRequest(
-            tool_call_id=tool_call.pk,
-            run_id=tool_call.run_id,
-            agent_id=agent.pk,
-            agent_name=agent.name,
-            tool=tool_call.tool,
-            output=output,
-            latency_ms=latency_ms,
-            policy=decided.policy,
-            policy_key=decided.policy_key,  # type: ignore[arg-type]
-        )
-        try:
-            recorded = await core.report_async(report, timezone.now())
-        except core.Fallback as fallback:
-            core.FAST_PATH.labels(f"mcp_report_{fallback.reason}").inc()
-        else:
-            core.spawn(core.broadcast_run(recorded))
-            return services.ResultOutcome(True, None, [], recorded.run)
+        rule = decided.policy.tool_rule(tool_call.tool)
+        if not output_errors(rule, output):
+            report = core.ReportRequest(
+                tool_call_id=tool_call.pk,
+                run_id=tool_call.run_id,
+                agent_id=agent.pk,
+                agent_name=agent.name,
+                tool=tool_call.tool,
+                output=output,
+                latency_ms=latency_ms,
+                policy=decided.policy,
+                policy_key=decided.policy_key,  # type: ignore[arg-type]
+                validated=True,
+            )
+            Recording.start(agent, report, timezone.now(), scope)
+            return services.ResultOutcome(True, None, [], None)
     return await sync_to_async(services.mcp_result_report)(
         agent=agent,
         tool_call_id=tool_call.pk,
@@ -338,6 +341,97 @@ async def _report(
         error=_error_text(result) if result.is_error else "",
         latency_ms=latency_ms,
     )
+
+
+class Recording:
+    """Valid results of fast-path calls, recorded just after the model got them.
+
+    The call's decision was committed before it ran upstream, and its output was validated
+    before the answer: what is left (the result row, its trace event, the breaker's rate, the run's
+    activity) is written while the answer travels, instead of before it. The request that carried
+    the call ends once it is written (so a graceful shutdown waits for it: ``agents.mcp.asgi``);
+    the next call of the same run in this process and the end of a handshake session wait for it
+    too (so they see the run as the slow path would have left it). A database failure is retried
+    through the gateway's services; a result that still cannot be written is logged with its
+    call."""
+
+    pending: dict[int, asyncio.Task[None]] = {}  # run id -> its latest result being recorded
+    RETRY_SECONDS = (0.5, 2.0, 5.0)
+
+    @classmethod
+    def start(
+        cls, agent: Agent, report: core.ReportRequest, now: datetime, scope: dict[str, Any]
+    ) -> None:
+        earlier = cls.pending.get(report.run_id)
+        task = asyncio.get_running_loop().create_task(cls._record(agent, report, now, earlier))
+        cls.pending[report.run_id] = task
+        scope.setdefault(RECORDING_SCOPE_KEY, []).append(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            if cls.pending.get(report.run_id) is finished:
+                del cls.pending[report.run_id]
+
+        task.add_done_callback(done)
+
+    @classmethod
+    async def settled(cls, run_id: int | None = None) -> None:
+        """Wait for the results being recorded: of one run, or (None) of every run."""
+        await cls.wait(list(cls.pending.values()) if run_id is None else [cls.pending.get(run_id)])
+
+    @staticmethod
+    async def wait(tasks: list[asyncio.Task[None] | None]) -> None:
+        for task in tasks:
+            if task is not None:
+                with contextlib.suppress(BaseException):  # _record logs its own failures
+                    await asyncio.shield(task)
+
+    @classmethod
+    async def _record(
+        cls,
+        agent: Agent,
+        report: core.ReportRequest,
+        now: datetime,
+        earlier: asyncio.Task[None] | None,
+    ) -> None:
+        if earlier is not None:  # results of one run are written in their order
+            with contextlib.suppress(BaseException):
+                await earlier
+        try:
+            recorded = await core.report_async(report, now)
+        except core.Fallback as fallback:
+            core.FAST_PATH.labels(f"mcp_report_{fallback.reason}").inc()
+        else:
+            core.spawn(core.broadcast_run(recorded))
+            return
+        for attempt, pause in enumerate((0.0, *cls.RETRY_SECONDS)):
+            await asyncio.sleep(pause)
+            try:
+                await sync_to_async(services.mcp_result_report)(
+                    agent=agent,
+                    tool_call_id=report.tool_call_id,
+                    ok=True,
+                    output=report.output,
+                    error="",
+                    latency_ms=report.latency_ms or 0,
+                )
+                return
+            except DatabaseError as exc:
+                logger.warning(
+                    "MCP result of tool call %s not recorded yet (attempt %s): %s",
+                    report.tool_call_id,
+                    attempt + 1,
+                    exc,
+                )
+            except ServiceError as exc:  # the call was reported meanwhile, or its run is gone
+                logger.warning(
+                    "MCP result of tool call %s not recorded: %s", report.tool_call_id, exc
+                )
+                return
+        logger.error(
+            "MCP result of tool call %s of run %s was answered but could not be recorded",
+            report.tool_call_id,
+            report.run_id,
+        )
 
 
 async def _execute(
@@ -373,7 +467,8 @@ async def _execute(
             _decision(tool_call, upstream_error=str(exc), stop_reason=outcome.stop_reason),
         )
     latency_ms = int((time.monotonic() - started) * 1000)
-    outcome = await _report(agent, tool_call, result, latency_ms, decided)
+    assert ctx.request is not None
+    outcome = await _report(agent, tool_call, result, latency_ms, decided, ctx.request.scope)
     if not outcome.valid:
         reason = outcome.stop_reason or stop_reasons.for_tool(
             stop_reasons.INVALID_TOOL_OUTPUT, tool_call.tool
@@ -411,7 +506,10 @@ async def call_tool(
     if limited is not None:
         return limited
     key, label = run_key(ctx)
-    fast = await _fast_decision(ctx, agent, key, name, args, upstream)
+    known = services.mcp_run_known(agent=agent, key=key)
+    if known is not None:
+        await Recording.settled(known)  # the run's previous result, written after its answer
+    fast = await _fast_decision(ctx, agent, name, args, upstream, known)
     if fast is not None:
         tool_call, decided = fast
         if key.startswith("session:"):
@@ -502,20 +600,17 @@ def _held_guard(name: str) -> core.Guard:
 async def _fast_decision(
     ctx: ServerRequestContext[Any, Any],
     agent: Agent,
-    key: str,
     name: str,
     args: dict[str, Any],
     upstream: Upstream,
+    run_id: int | None,
 ) -> tuple[ToolCall, core.Outcome] | None:
     """The gateway core's decision (``agents.gateway.core``) for a call it can serve: a plain
     allow in a run this process already knows. None hands the call to the slow path (which
     decides it from scratch: the core's attempt was rolled back)."""
     assert ctx.request is not None
     key_hash = ctx.request.scope.get("opsconsole.key_hash")
-    if core.problems() or not key_hash or name in upstream.held:
-        return None
-    run_id = services.mcp_run_known(agent=agent, key=key)
-    if run_id is None:
+    if core.problems() or not key_hash or name in upstream.held or run_id is None:
         return None
     started = time.perf_counter()
     request = core.CallRequest(
@@ -553,6 +648,7 @@ def _finish_with_session(ctx: ServerRequestContext[Any, Any], agent: Agent, run_
     connection.state["opsconsole.run"] = run_id
 
     async def finish() -> None:
+        await Recording.settled(run_id)
         await sync_to_async(services.mcp_session_run_finish)(agent=agent, run_id=run_id)
 
     connection.exit_stack.push_async_callback(finish)
@@ -561,16 +657,34 @@ def _finish_with_session(ctx: ServerRequestContext[Any, Any], agent: Agent, run_
 # --- the server -----------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def _lifespan(server: Server[Any]) -> AsyncIterator[dict[str, Any]]:
-    pool = UpstreamPool()
-    try:
-        yield {"pool": pool}
-    finally:
-        await pool.close()
-
-
 def build_server() -> Server[Any]:
+    pools: list[UpstreamPool] = []  # the pool of the running session manager
+
+    @asynccontextmanager
+    async def lifespan(server: Server[Any]) -> AsyncIterator[dict[str, Any]]:
+        pool = UpstreamPool()
+        pools.append(pool)
+        try:
+            yield {"pool": pool}
+        finally:
+            pools.remove(pool)
+            await pool.close()
+
+    def input_schema(name: str) -> dict[str, Any] | None:
+        """A tool's input schema as the upstream last listed it, for the SDK's check of a
+        stateless call's ``Mcp-Param-*`` headers. Without it the SDK would run the whole
+        ``tools/list`` (policy, kill switch, every upstream) before every such call; None (not
+        listed yet, held, no such tool) skips that check, as the SDK does."""
+        server, _, tool = name.partition(".")
+        for pool in pools:
+            upstream = pool.get(server)
+            if upstream is None or name in upstream.held:
+                continue
+            for listed in upstream.tools:
+                if listed.name == tool:
+                    return listed.input_schema
+        return None
+
     return Server(
         "agent-ops-console",
         version="1",
@@ -580,7 +694,8 @@ def build_server() -> Server[Any]:
             "runs: a refused or stopped call answers with isError and says what to do; a write "
             "may wait for a human's approval."
         ),
-        lifespan=_lifespan,
+        lifespan=lifespan,
+        get_tool_input_schema=input_schema,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
     )

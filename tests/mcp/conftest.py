@@ -165,6 +165,13 @@ class Console:
             assert time.monotonic() < deadline, "the console did not start"
             time.sleep(0.02)
 
+    async def settled(self) -> None:
+        """Wait until the results the console answered are recorded too (agents/mcp/server.py
+        ``Recording``: a fast-path result is written just after its answer)."""
+        from agents.mcp.server import Recording
+
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(Recording.settled(), self.loop))
+
     def stop(self) -> None:
         async def close() -> None:
             await self.app.mcp.close()
@@ -225,6 +232,7 @@ async def mcp_client(
         ) as client,
     ):
         yield client
+    await console.settled()
 
 
 def text_of(result: Any) -> str:

@@ -1,16 +1,21 @@
 """``tools/call`` through the gateway core (agents/gateway/core.py) on PostgreSQL: once a run is
-known to the process, a plain allowed call is decided and its valid result recorded in two round
-trips each, with the same rows the slow path writes; everything else (and everything on SQLite)
-goes through the gateway's services, whose tests are the rest of tests/mcp."""
+known to the process, a plain allowed call is decided in two round trips and its result, validated
+before the answer, recorded just after it (``Recording`` in agents/mcp/server.py), with the same
+rows the slow path writes; everything else (and everything on SQLite) goes through the gateway's
+services, whose tests are the rest of tests/mcp."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 
+from agents.gateway import core
+from agents.mcp import services
+from agents.mcp.server import Recording
 from agents.models import McpToolSeen, ToolCall, TraceEvent
 from tests.gateway.test_core import outcomes  # the fast path's counters, by outcome
 from tests.mcp.conftest import decision_of, mcp_client, text_of
@@ -40,9 +45,91 @@ def test_calls_after_the_first_are_decided_and_recorded_by_the_core(console, age
         ("up.search", {"query": q}, True, True) for q in "abc"
     ]
     assert [c.output for c in calls][-1] == more[-1].structured_content
-    results = TraceEvent.objects.filter(run_id=calls[0].run_id, kind="tool_result")
-    assert [e.data["tool_call_id"] for e in results.order_by("pk")] == [c.pk for c in calls]
+    # Each result is written after its answer, and before the run's next call is decided.
+    events = TraceEvent.objects.filter(
+        run_id=calls[0].run_id, kind__in=["tool_call", "tool_result"]
+    )
+    assert [(e.kind, e.data["tool_call_id"]) for e in events.order_by("pk")] == [
+        (kind, c.pk) for c in calls for kind in ("tool_call", "tool_result")
+    ]
     assert calls[0].run.tool_calls == 3
+
+
+needs_the_core = pytest.mark.skipif(not ON_POSTGRESQL, reason="the gateway core is PostgreSQL's")
+
+
+@needs_the_core
+def test_the_answer_does_not_wait_for_its_record_but_the_next_call_does(
+    console, agent, upstream, monkeypatch
+):
+    """The model gets a valid result before it is written; the run's next call is decided only
+    once it is (its decision would otherwise be made without the result)."""
+    gate = threading.Event()
+    original = core.report_async
+
+    async def held_report(report, now):
+        while not gate.is_set():
+            await asyncio.sleep(0.01)
+        return await original(report, now)
+
+    async def scenario():
+        async with mcp_client(console, agent.key, "handshake") as client:
+            await client.list_tools()
+            await client.call_tool("up.search", {"query": "a"})  # the slow path starts the run
+            monkeypatch.setattr(core, "report_async", held_report)
+            answered = await client.call_tool("up.search", {"query": "b"})
+            unrecorded = await sync_to_async(
+                lambda: ToolCall.objects.get(args={"query": "b"}).reported_at
+            )()
+            second = asyncio.ensure_future(client.call_tool("up.search", {"query": "c"}))
+            await asyncio.sleep(0.5)
+            waited = not second.done()
+            gate.set()
+            return answered, unrecorded, waited, await second
+
+    answered, unrecorded, waited, second = asyncio.run(scenario())
+    assert answered.is_error is False and answered.structured_content["hits"]
+    assert unrecorded is None  # answered, not yet written
+    assert waited is True
+    assert second.is_error is False
+    b, c = ToolCall.objects.get(args={"query": "b"}), ToolCall.objects.get(args={"query": "c"})
+    assert (b.result_ok, b.valid, b.output) == (True, True, answered.structured_content)
+    assert b.reported_at < c.created_at
+    assert [e["args"]["query"] for e in upstream.executed()] == ["a", "b", "c"]
+
+
+@needs_the_core
+def test_a_result_is_recorded_through_a_database_failure(console, agent, upstream, monkeypatch):
+    """The core hands the record to the gateway's services, which are retried while the
+    database fails: the result the model saw is kept."""
+    attempts = []
+    original = services.mcp_result_report
+
+    async def core_down(report, now):
+        raise core.Fallback("database")
+
+    def flaky_report(**kwargs):
+        attempts.append(kwargs["tool_call_id"])
+        if len(attempts) == 1:
+            from django.db import OperationalError
+
+            raise OperationalError("the database went away")
+        return original(**kwargs)
+
+    async def scenario():
+        async with mcp_client(console, agent.key, "stateless") as client:
+            await client.list_tools()
+            await client.call_tool("up.search", {"query": "a"})
+            monkeypatch.setattr(core, "report_async", core_down)
+            monkeypatch.setattr(services, "mcp_result_report", flaky_report)
+            monkeypatch.setattr(Recording, "RETRY_SECONDS", (0.05, 0.05))
+            return await client.call_tool("up.search", {"query": "b"})
+
+    result = asyncio.run(scenario())
+    assert result.is_error is False
+    call = ToolCall.objects.get(args={"query": "b"})
+    assert attempts == [call.pk, call.pk]
+    assert (call.result_ok, call.valid, call.output) == (True, True, result.structured_content)
 
 
 def test_a_definition_held_by_another_worker_is_denied_on_the_next_call(console, agent, upstream):

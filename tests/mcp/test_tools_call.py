@@ -227,3 +227,45 @@ def test_the_agents_tool_call_rate_holds_over_mcp_too(console, agent, upstream, 
     assert [c["args"]["query"] for c in upstream.executed()] == ["a", "b"]
     run = Run.objects.get(pk=decision_of(results[0])["run_id"])
     assert run.tool_calls == 2 and ToolCall.objects.filter(run=run).count() == 2
+
+
+def test_a_stateless_call_whose_param_header_disagrees_is_rejected(console, agent, upstream):
+    """2026-07-28: a tool's ``x-mcp-header`` arguments travel as ``Mcp-Param-*`` headers too, for
+    intermediaries to route on; the SDK checks they agree with the body, with the schema the
+    upstream listed (the console's lookup), and a call that disagrees is not run."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from tests.mcp.conftest import MODES
+
+    async def tamper(request):
+        if "mcp-param-query" in request.headers:
+            request.headers["mcp-param-query"] = "something else"
+
+    async def scenario():
+        async with mcp_client(console, agent.key, "stateless") as client:
+            await client.list_tools()
+            honest = await client.call_tool("up.search", {"query": "a"})
+        http = httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {agent.key}"}, event_hooks={"request": [tamper]}
+        )
+        async with (
+            http,
+            Client(
+                streamable_http_client(console.url, http_client=http),
+                mode=MODES["stateless"],
+                cache=None,
+            ) as client,
+        ):
+            await client.list_tools()
+            try:
+                await client.call_tool("up.search", {"query": "b"})
+            except Exception as exc:  # noqa: BLE001 - the SDK raises the rejection
+                return honest, exc
+            return honest, None
+
+    honest, rejected = asyncio.run(scenario())
+    assert honest.is_error is False
+    assert rejected is not None and "Mcp-Param-Query" in str(rejected)
+    assert [c["args"]["query"] for c in upstream.executed()] == ["a"]

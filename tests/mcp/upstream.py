@@ -42,7 +42,8 @@ def build(directory: Path) -> Server[Any]:
                     description=description,
                     input_schema={
                         "type": "object",
-                        "properties": {"query": {"type": "string"}},
+                        # 2026-07-28 clients mirror the query into an Mcp-Param-Query header
+                        "properties": {"query": {"type": "string", "x-mcp-header": "Query"}},
                         "required": ["query"],
                     },
                     output_schema=SEARCH_OUTPUT,
