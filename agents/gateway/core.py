@@ -1263,7 +1263,7 @@ class ToolCallFastPath:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                await self.app(scope, _replay(bytes(body), message, receive), send)
+                await self.app(scope, replay(bytes(body), message, receive), send)
                 return
             body += message.get("body", b"")
             if not message.get("more_body", False):
@@ -1272,13 +1272,13 @@ class ToolCallFastPath:
             status, headers, answer = await handle(scope, int(match.group(1)), bytes(body))
         except Fallback as fallback:
             FAST_PATH.labels(fallback.reason).inc()
-            await self.app(scope, _replay(bytes(body), None, receive), send)
+            await self.app(scope, replay(bytes(body), None, receive), send)
             return
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
 
 
-def _replay(body: bytes, pending: dict[str, Any] | None, receive: Any) -> Any:
+def replay(body: bytes, pending: dict[str, Any] | None, receive: Any) -> Any:
     """A ``receive`` that gives the body already read, then whatever the client sends next."""
     sent = False
 

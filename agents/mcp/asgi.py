@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 from typing import Any
@@ -20,8 +21,11 @@ from django.conf import settings
 from django.db import DatabaseError
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
+from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from rest_framework.exceptions import AuthenticationFailed
 
 from agents.gateway import core
@@ -79,6 +83,78 @@ async def _authenticate(header: str) -> Any:
                 return agent
     principal, _ = await sync_to_async(authenticate_bearer)(header)
     return principal
+
+
+# --- a plain handshake-era call answered with JSON ------------------------------------------------
+#
+# The SDK's handshake-era transport answers every request on an SSE stream (its own task group, a
+# priming event, a writer task) unless the whole server is set to JSON answers, which would leave
+# no way to send a held call's progress. Streamable HTTP lets the server pick per answer, so the
+# console answers a ``tools/call`` that asked for no progress with JSON (nothing else can be sent
+# on that call: this server sends a call's notifications only to a progress token) and keeps SSE
+# for the rest. The choice is this request's own (a context variable, read by the transport's
+# ``is_json_response_enabled``); sessions, their tasks and every other request keep the default.
+
+_json_answer: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "opsconsole_mcp_json_answer", default=None
+)
+PEEK_MAX_BYTES = 64 * 1024  # a larger call is answered on SSE, its body streamed as it came
+
+
+class _JsonAnswerForThisRequest:
+    """``StreamableHTTPServerTransport.is_json_response_enabled``: this request's choice when it
+    made one, else the transport's own setting."""
+
+    def __get__(self, transport: Any, owner: Any = None) -> Any:
+        if transport is None:
+            return self
+        chosen = _json_answer.get()
+        return transport.__dict__.get("_json_default", False) if chosen is None else chosen
+
+    def __set__(self, transport: Any, value: bool) -> None:
+        transport.__dict__["_json_default"] = value
+
+
+StreamableHTTPServerTransport.is_json_response_enabled = _JsonAnswerForThisRequest()  # type: ignore[assignment]
+
+
+def _plain_call(body: bytes) -> bool:
+    """A single ``tools/call`` request without a progress token."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return False
+    if not isinstance(message, dict) or message.get("method") != "tools/call":
+        return False
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return not (isinstance(meta, dict) and meta.get("progressToken") is not None)
+
+
+async def _peek(scope: Scope, receive: Any) -> tuple[Any, bool]:
+    """(receive, plain): a small handshake-era POST's body read ahead (and given to the SDK as it
+    came) to tell whether it is a plain call."""
+    headers = dict(scope.get("headers", []))
+    version = headers.get(MCP_PROTOCOL_VERSION_HEADER.lower().encode(), b"").decode("latin-1")
+    length = headers.get(b"content-length", b"")
+    if (
+        scope.get("method") != "POST"
+        or version not in HANDSHAKE_PROTOCOL_VERSIONS
+        or not length.isdigit()
+        or int(length) > PEEK_MAX_BYTES
+    ):
+        return receive, False
+    chunks, pending = [], None
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            pending = message  # the client went away: the SDK hears it after the body
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = b"".join(chunks)
+    return core.replay(body, pending, receive), pending is None and _plain_call(body)
 
 
 class McpApp:
@@ -151,6 +227,9 @@ class McpApp:
         scope["user"] = AuthenticatedUser(
             AccessToken(token="", client_id=f"agent:{agent.pk}", scopes=[])
         )
+        receive, plain = await _peek(scope, receive)
+        if plain:
+            _json_answer.set(True)
         await self.manager.handle_request(scope, receive, send)
         # The answer is out; the request ends once its results are written (server.Recording).
         await Recording.wait(scope.get(RECORDING_SCOPE_KEY, []))

@@ -269,3 +269,49 @@ def test_a_stateless_call_whose_param_header_disagrees_is_rejected(console, agen
     assert honest.is_error is False
     assert rejected is not None and "Mcp-Param-Query" in str(rejected)
     assert [c["args"]["query"] for c in upstream.executed()] == ["a"]
+
+
+def test_a_handshake_call_is_answered_with_json_unless_it_asked_for_progress(
+    console, agent, upstream
+):
+    """The handshake era's answers: a plain call in one JSON body (the cheaper answer), a call
+    with a progress token on an SSE stream that can carry its progress."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from tests.mcp.conftest import MODES
+
+    answers: list[str] = []
+
+    async def seen(response):
+        if response.request.method == "POST":
+            answers.append(response.headers.get("content-type", "").split(";")[0])
+
+    async def progress(progress, total, message):
+        pass
+
+    async def scenario():
+        http = httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {agent.key}"}, event_hooks={"response": [seen]}
+        )
+        async with (
+            http,
+            Client(
+                streamable_http_client(console.url, http_client=http),
+                mode=MODES["handshake"],
+                cache=None,
+            ) as client,
+        ):
+            await client.list_tools()
+            answers.clear()
+            plain = await client.call_tool("up.search", {"query": "a"})
+            with_progress = await client.call_tool(
+                "up.search", {"query": "b"}, progress_callback=progress
+            )
+            return plain, with_progress
+
+    plain, with_progress = asyncio.run(scenario())
+    assert (plain.is_error, with_progress.is_error) == (False, False)
+    assert plain.structured_content["hits"] and with_progress.structured_content["hits"]
+    assert answers == ["application/json", "text/event-stream"]
