@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import time
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -29,7 +30,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from rest_framework.exceptions import AuthenticationFailed
 
 from agents.gateway import core
-from agents.mcp.server import RECORDING_SCOPE_KEY, Recording, build_server
+from agents.mcp.server import RECORDING_SCOPE_KEY, VERIFY_SCOPE_KEY, Recording, build_server
 from opsconsole import keys
 from opsconsole.authentication import authenticate_bearer, is_agent
 
@@ -54,7 +55,7 @@ def _security() -> TransportSecuritySettings:
     return TransportSecuritySettings(allowed_hosts=allowed_hosts, allowed_origins=origins)
 
 
-async def _send_json(send: Any, status: int, body: dict[str, Any], headers=()) -> None:
+async def _send_json(send: Any, status: int, body: dict[str, Any], headers: Any = ()) -> None:
     payload = json.dumps(body).encode()
     await send(
         {
@@ -132,17 +133,10 @@ def _plain_call(body: bytes) -> bool:
 
 
 async def _peek(scope: Scope, receive: Any) -> tuple[Any, bool]:
-    """(receive, plain): a small handshake-era POST's body read ahead (and given to the SDK as it
-    came) to tell whether it is a plain call."""
-    headers = dict(scope.get("headers", []))
-    version = headers.get(MCP_PROTOCOL_VERSION_HEADER.lower().encode(), b"").decode("latin-1")
-    length = headers.get(b"content-length", b"")
-    if (
-        scope.get("method") != "POST"
-        or version not in HANDSHAKE_PROTOCOL_VERSIONS
-        or not length.isdigit()
-        or int(length) > PEEK_MAX_BYTES
-    ):
+    """(receive, plain): a small POST's body read ahead (and given to the SDK as it came) to tell
+    whether it is a plain call."""
+    length = dict(scope.get("headers", [])).get(b"content-length", b"")
+    if scope.get("method") != "POST" or not length.isdigit() or int(length) > PEEK_MAX_BYTES:
         return receive, False
     chunks, pending = [], None
     while True:
@@ -155,6 +149,56 @@ async def _peek(scope: Scope, receive: Any) -> tuple[Any, bool]:
             break
     body = b"".join(chunks)
     return core.replay(body, pending, receive), pending is None and _plain_call(body)
+
+
+def _handshake_era(scope: Scope) -> bool:
+    header = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
+    version = dict(scope.get("headers", [])).get(header, b"").decode("latin-1")
+    return version in HANDSHAKE_PROTOCOL_VERSIONS
+
+
+# --- agents authenticated lately ----------------------------------------------------------------
+#
+# Every request is authenticated afresh, with one exception: a plain call of a key this process
+# authenticated in the last RECENT_SECONDS goes on with that agent at once, and is verified by the
+# gateway core's decision itself (its first statement reads the key and the agent: a revoked key or
+# a disabled agent is never decided there). A call the core does not decide is authenticated in
+# full before anything else happens to it (``server.call_tool`` through ``VERIFY_SCOPE_KEY``), and
+# a key that fails then is answered 401, as on any other request (``_refusable``).
+
+RECENT_SECONDS = 60.0
+REFUSED_SCOPE_KEY = "opsconsole.refused"  # (status, body) to answer instead of the SDK's answer
+_recent: dict[str, tuple[Any, float]] = {}
+
+
+def _remember(key_hash: str, agent: Any) -> None:
+    if len(_recent) > 10_000:
+        _recent.clear()
+    _recent[key_hash] = (agent, time.monotonic())
+
+
+def _recent_agent(key_hash: str) -> Any:
+    seen = _recent.get(key_hash)
+    if seen is None or time.monotonic() - seen[1] > RECENT_SECONDS:
+        return None
+    return seen[0]
+
+
+def _refusable(scope: Scope, send: Any) -> Any:
+    """``send``, unless the request's key failed its authentication in the handler: then a 401
+    (or a 503) in place of the SDK's answer, whose start comes only once the handler is done."""
+    refused = False
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        nonlocal refused
+        if message["type"] == "http.response.start" and REFUSED_SCOPE_KEY in scope:
+            refused = True
+            status, body, headers = scope[REFUSED_SCOPE_KEY]
+            await _send_json(send, status, body, headers)
+        if not refused:
+            await send(message)
+
+    return wrapped
 
 
 class McpApp:
@@ -200,39 +244,65 @@ class McpApp:
         for name, value in scope.get("headers", []):
             if name == b"authorization":
                 header = value.decode("latin-1")
-        try:
-            agent = await _authenticate(header)
-        except AuthenticationFailed as exc:
-            await _send_json(
-                send,
-                401,
-                {"error": "unauthenticated", "detail": str(exc.detail)},
-                [(b"www-authenticate", b'Bearer realm="mcp"')],
-            )
-            return
-        except DatabaseError as exc:
-            logger.warning("control plane unavailable: %s", exc)
-            await _send_json(send, 503, {"error": "unavailable", "detail": "try again"})
-            return
-        if not is_agent(agent):
-            await _send_json(
-                send, 403, {"error": "forbidden", "detail": "The MCP endpoint is for agent keys."}
-            )
-            return
-        await self._ensure_started()
+        key_hash = keys.digest(header.partition(" ")[2].strip())
+        receive, plain = await _peek(scope, receive)
         scope = dict(scope)
-        scope["opsconsole.agent"] = agent
-        scope["opsconsole.key_hash"] = keys.digest(header.partition(" ")[2].strip())
+        agent = _recent_agent(key_hash) if plain else None
+        if agent is None:
+            refusal = await self._authenticate(scope, header, key_hash)
+            if refusal is not None:
+                await _send_json(send, *refusal)
+                return
+            agent = scope["opsconsole.agent"]
+        else:
+            scope["opsconsole.agent"] = agent
+
+            async def verify() -> Any:
+                refusal = await self._authenticate(scope, header, key_hash)
+                if refusal is not None:
+                    scope[REFUSED_SCOPE_KEY] = refusal
+                    return None
+                return (
+                    scope["opsconsole.agent"] if scope["opsconsole.agent"].pk == agent.pk else None
+                )
+
+            scope[VERIFY_SCOPE_KEY] = verify
+            send = _refusable(scope, send)
+        await self._ensure_started()
+        scope["opsconsole.key_hash"] = key_hash
         # Sessions belong to the agent that opened them (the SDK compares this principal).
         scope["user"] = AuthenticatedUser(
             AccessToken(token="", client_id=f"agent:{agent.pk}", scopes=[])
         )
-        receive, plain = await _peek(scope, receive)
-        if plain:
+        if plain and _handshake_era(scope):
             _json_answer.set(True)
         await self.manager.handle_request(scope, receive, send)
         # The answer is out; the request ends once its results are written (server.Recording).
         await Recording.wait(scope.get(RECORDING_SCOPE_KEY, []))
+
+    @staticmethod
+    async def _authenticate(
+        scope: Scope, header: str, key_hash: str
+    ) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]] | None:
+        """Authenticate afresh: the agent in ``scope``, or the refusal to answer."""
+        try:
+            agent = await _authenticate(header)
+        except AuthenticationFailed as exc:
+            _recent.pop(key_hash, None)
+            return (
+                401,
+                {"error": "unauthenticated", "detail": str(exc.detail)},
+                [(b"www-authenticate", b'Bearer realm="mcp"')],
+            )
+        except DatabaseError as exc:
+            logger.warning("control plane unavailable: %s", exc)
+            return 503, {"error": "unavailable", "detail": "try again"}, []
+        if not is_agent(agent):
+            _recent.pop(key_hash, None)
+            return 403, {"error": "forbidden", "detail": "The MCP endpoint is for agent keys."}, []
+        scope["opsconsole.agent"] = agent
+        _remember(key_hash, agent)
+        return None
 
 
 class WithMcp:

@@ -58,6 +58,7 @@ PROGRESS_EVERY_SECONDS = 5.0
 CONTAINMENT_EVERY_SECONDS = 1.0  # a held call re-reads the kill switch, pause and degrade
 SESSION_HEADER = "mcp-session-id"
 RECORDING_SCOPE_KEY = "opsconsole.recording"  # the request's results still being recorded
+VERIFY_SCOPE_KEY = "opsconsole.verify"  # set by agents.mcp.asgi for a key taken on trust
 
 _tool_name = __import__("re").compile(TOOL_NAME_PATTERN)
 
@@ -510,6 +511,17 @@ async def call_tool(
     if known is not None:
         await Recording.settled(known)  # the run's previous result, written after its answer
     fast = await _fast_decision(ctx, agent, name, args, upstream, known)
+    assert ctx.request is not None
+    if fast is None and VERIFY_SCOPE_KEY in ctx.request.scope:
+        # The key was taken on trust for the core, which checks it in its decision; anything
+        # else is authenticated first (the ASGI layer answers 401 if that fails).
+        agent = await ctx.request.scope.pop(VERIFY_SCOPE_KEY)()
+        if agent is None:
+            return _answer(
+                "UNAUTHENTICATED: the agent ops console refused this agent key. Nothing was "
+                "executed.",
+                {"error": "unauthenticated", "run_id": None, "tool_call_id": None},
+            )
     if fast is not None:
         tool_call, decided = fast
         if key.startswith("session:"):

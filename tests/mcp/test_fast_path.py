@@ -171,17 +171,38 @@ def test_an_invalid_result_of_a_fast_decision_still_stops_the_run(console, agent
     assert (call.valid, call.output) == (False, None)
 
 
-def test_a_key_revoked_mid_session_is_refused_on_the_next_request(console, agent, upstream):
-    """Every request is authenticated afresh (on PostgreSQL in one statement of the core's)."""
+@pytest.mark.parametrize("era", ["handshake", "stateless"])
+def test_a_key_revoked_mid_session_is_refused_on_the_next_request(console, agent, upstream, era):
+    """A plain call of a key authenticated lately is verified by the core's decision itself; once
+    the key is revoked the next call is answered 401 and nothing runs."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
     from agents.models import AgentKey
     from agents.registry.services import agent_key_revoke
+    from tests.mcp.conftest import MODES
+
+    statuses: list[int] = []
+
+    async def seen(response):
+        if response.request.method == "POST":
+            statuses.append(response.status_code)
 
     def revoke() -> None:
         for key in AgentKey.objects.filter(agent=agent.agent):
             agent_key_revoke(key_id=key.pk, actor="admin")
 
     async def scenario():
-        async with mcp_client(console, agent.key, "stateless") as client:
+        http = httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {agent.key}"}, event_hooks={"response": [seen]}
+        )
+        async with (
+            http,
+            Client(
+                streamable_http_client(console.url, http_client=http), mode=MODES[era], cache=None
+            ) as client,
+        ):
             await client.list_tools()
             for query in ("a", "b"):
                 assert (await client.call_tool("up.search", {"query": query})).is_error is False
@@ -190,6 +211,7 @@ def test_a_key_revoked_mid_session_is_refused_on_the_next_request(console, agent
 
     with pytest.raises(BaseException):  # noqa: B017 - the SDK wraps the 401 in its own errors
         asyncio.run(scenario())
+    assert statuses[-1] == 401
     assert [c["args"]["query"] for c in upstream.executed()] == ["a", "b"]
     assert ToolCall.objects.filter(args={"query": "after"}).count() == 0
 
@@ -211,3 +233,33 @@ def test_a_paused_agent_is_stopped_on_its_next_call(console, agent, upstream):
     assert result.is_error is True and text_of(result).startswith("STOPPED")
     assert decision_of(result)["stop_reason"] == "agent_disabled"
     assert [c["args"]["query"] for c in upstream.executed()] == ["a", "b"]
+
+
+@needs_the_core
+def test_a_plain_call_of_a_key_seen_lately_is_authenticated_by_the_decision(
+    console, agent, upstream, monkeypatch
+):
+    """No statement of its own for the key: the core's decision reads it (a request that is not
+    a plain call is authenticated afresh, as the tests above show)."""
+    from agents.mcp import asgi
+
+    authenticated = []
+    original = asgi._authenticate
+
+    async def counted(header):
+        authenticated.append(header)
+        return await original(header)
+
+    monkeypatch.setattr(asgi, "_authenticate", counted)
+
+    async def scenario():
+        async with mcp_client(console, agent.key, "stateless") as client:
+            await client.list_tools()
+            await client.call_tool("up.search", {"query": "a"})  # the slow path starts the run
+            before = len(authenticated)
+            results = [await client.call_tool("up.search", {"query": q}) for q in "bcd"]
+            return results, len(authenticated) - before
+
+    results, afresh = asyncio.run(scenario())
+    assert [r.is_error for r in results] == [False, False, False]
+    assert afresh == 0
