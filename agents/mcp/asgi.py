@@ -30,7 +30,13 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from rest_framework.exceptions import AuthenticationFailed
 
 from agents.gateway import core
-from agents.mcp.server import RECORDING_SCOPE_KEY, VERIFY_SCOPE_KEY, Recording, build_server
+from agents.mcp.server import (
+    GONE_SCOPE_KEY,
+    RECORDING_SCOPE_KEY,
+    VERIFY_SCOPE_KEY,
+    Recording,
+    build_server,
+)
 from opsconsole import keys
 from opsconsole.authentication import authenticate_bearer, is_agent
 
@@ -151,6 +157,13 @@ async def _peek(scope: Scope, receive: Any) -> tuple[Any, bool]:
     return core.replay(body, pending, receive), pending is None and _plain_call(body)
 
 
+async def _watch_disconnect(receive: Any, gone: asyncio.Event) -> None:
+    """Set ``gone`` when the client drops the connection (its body was read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
 def _handshake_era(scope: Scope) -> bool:
     header = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
     version = dict(scope.get("headers", [])).get(header, b"").decode("latin-1")
@@ -245,7 +258,9 @@ class McpApp:
             if name == b"authorization":
                 header = value.decode("latin-1")
         key_hash = keys.digest(header.partition(" ")[2].strip())
+        original = receive
         receive, plain = await _peek(scope, receive)
+        peeked = receive is not original
         scope = dict(scope)
         agent = _recent_agent(key_hash) if plain else None
         if agent is None:
@@ -274,11 +289,22 @@ class McpApp:
         scope["user"] = AuthenticatedUser(
             AccessToken(token="", client_id=f"agent:{agent.pk}", scopes=[])
         )
-        if plain and _handshake_era(scope):
-            _json_answer.set(True)
-        await self.manager.handle_request(scope, receive, send)
-        # The answer is out; the request ends once its results are written (server.Recording).
-        await Recording.wait(scope.get(RECORDING_SCOPE_KEY, []))
+        watcher = None
+        if peeked and _handshake_era(scope):
+            if plain:
+                _json_answer.set(True)
+            # The handler runs in the session's task, which a dropped connection does not end:
+            # it is told (a held call then never runs), as the stateless era's handler is
+            # cancelled by the SDK.
+            gone = scope[GONE_SCOPE_KEY] = asyncio.Event()
+            watcher = asyncio.get_running_loop().create_task(_watch_disconnect(original, gone))
+        try:
+            await self.manager.handle_request(scope, receive, send)
+            # The answer is out; the request ends once its results are written (Recording).
+            await Recording.wait(scope.get(RECORDING_SCOPE_KEY, []))
+        finally:
+            if watcher is not None:
+                watcher.cancel()
 
     @staticmethod
     async def _authenticate(

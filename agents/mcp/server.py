@@ -59,6 +59,7 @@ CONTAINMENT_EVERY_SECONDS = 1.0  # a held call re-reads the kill switch, pause a
 SESSION_HEADER = "mcp-session-id"
 RECORDING_SCOPE_KEY = "opsconsole.recording"  # the request's results still being recorded
 VERIFY_SCOPE_KEY = "opsconsole.verify"  # set by agents.mcp.asgi for a key taken on trust
+GONE_SCOPE_KEY = "opsconsole.gone"  # set (by agents.mcp.asgi) once the client dropped the request
 
 _tool_name = __import__("re").compile(TOOL_NAME_PATTERN)
 
@@ -248,6 +249,28 @@ def pending(tool_call: ToolCall) -> types.CallToolResult:
     )
 
 
+def _client_gone(ctx: ServerRequestContext[Any, Any]) -> bool:
+    """The client dropped this request's connection (handshake era; the stateless era's handler
+    is cancelled then)."""
+    gone = ctx.request.scope.get(GONE_SCOPE_KEY) if ctx.request is not None else None
+    return gone is not None and gone.is_set()
+
+
+def gave_up(tool_call: ToolCall) -> types.CallToolResult:
+    """What a held call answers once its client went away (nobody reads it; the log does)."""
+    logger.info(
+        "MCP client dropped tool call %s (%s) while it waited for approval: not executed",
+        tool_call.pk,
+        tool_call.tool,
+    )
+    return _answer(
+        f"CLIENT_GONE: the connection of this call closed while it waited for approval; nothing "
+        f"was executed. Once approval {tool_call.approval.pk} is given, call {tool_call.tool} "
+        "again with identical arguments.",
+        _decision(tool_call, approval_id=tool_call.approval.pk),
+    )
+
+
 def _hold_seconds(ctx: ServerRequestContext[Any, Any], policy: Policy) -> float:
     """The policy's hold for this client, shortened if the client asks (header or _meta)."""
     hold = policy.mcp_hold_seconds(_client_name(ctx))
@@ -270,6 +293,8 @@ async def _hold(
         tool_call = await sync_to_async(services.mcp_call_state)(
             agent=agent, tool_call_id=tool_call.pk
         )
+        if _client_gone(ctx):
+            return gave_up(tool_call)
         if tool_call.decision != Decision.PENDING_APPROVAL:
             return tool_call
         contained = await sync_to_async(services.mcp_containment)(agent=agent, tool=tool_call.tool)

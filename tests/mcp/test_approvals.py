@@ -224,3 +224,69 @@ def test_a_paused_agent_or_a_degraded_tool_releases_a_held_call(
     assert result.is_error is True and decision_of(result)["stop_reason"] == expected
     assert upstream.executed() == []
     assert Run.objects.get().status == RunStatus.STOPPED
+
+
+@pytest.mark.parametrize("progress", [False, True], ids=["json-answer", "sse-answer"])
+def test_a_host_that_dropped_the_connection_during_the_hold_never_gets_the_write_executed(
+    console, agent, reviewer, upstream, progress
+):
+    """Handshake era, the host's connection gone without a word (no cancellation), its session
+    still open: the reviewer's later approval executes nothing."""
+    import httpx
+
+    headers = {
+        "Authorization": f"Bearer {agent.key}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+    }
+    hello = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw-host", "version": "1"},
+        },
+    }
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {
+            "name": "up.send",
+            "arguments": MESSAGE,
+            **({"_meta": {"progressToken": "p1"}} if progress else {}),
+        },
+    }
+
+    def approve_pending() -> None:
+        try:
+            request = ApprovalRequest.objects.get(status=ApprovalStatus.PENDING)
+            approval_decide(request_id=request.pk, reviewer=reviewer.user, verdict="approve")
+        finally:
+            connections.close_all()
+
+    async def scenario():
+        async with httpx.AsyncClient(headers=headers, timeout=10) as http:
+            opened = await http.post(console.url, json=hello)
+            session = {
+                "Mcp-Session-Id": opened.headers["mcp-session-id"],
+                "Mcp-Protocol-Version": "2025-11-25",
+            }
+            await http.post(
+                console.url,
+                json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                headers=session,
+            )
+            async with httpx.AsyncClient(headers={**headers, **session}) as doomed:
+                with pytest.raises(httpx.TimeoutException):
+                    await doomed.post(console.url, json=call, timeout=1.0)  # then closed
+            await asyncio.to_thread(approve_pending)
+            await asyncio.sleep(2.0)  # had the held call survived, it would have run by now
+            await http.delete(console.url, headers=session)
+
+    asyncio.run(scenario())
+    assert upstream.executed() == []
+    request = ApprovalRequest.objects.get()
+    assert (request.status, request.consumed_at) == (ApprovalStatus.APPROVED, None)
