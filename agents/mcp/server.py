@@ -339,7 +339,7 @@ async def _report(
 ) -> services.ResultOutcome:
     """The upstream's answer validated and recorded. A plain success of a call the fast path
     decided is validated here, against the policy of its decision, and recorded right after the
-    answer (``_record_after``); anything else is recorded by the gateway's ``tool_call_report``
+    answer (``Recording``); anything else is recorded by the gateway's ``tool_call_report``
     before the model sees it (an invalid output stops the run there)."""
     output = _output(result)
     if decided is not None and decided.policy is not None and not result.is_error:
@@ -452,6 +452,9 @@ class Recording:
                 logger.warning(
                     "MCP result of tool call %s not recorded: %s", report.tool_call_id, exc
                 )
+                return
+            except Exception:
+                logger.exception("MCP result of tool call %s not recorded", report.tool_call_id)
                 return
         logger.error(
             "MCP result of tool call %s of run %s was answered but could not be recorded",
