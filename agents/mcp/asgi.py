@@ -157,6 +157,18 @@ async def _peek(scope: Scope, receive: Any) -> tuple[Any, bool]:
     return core.replay(body, pending, receive), pending is None and _plain_call(body)
 
 
+def _noting_disconnect(receive: Any, gone: asyncio.Event) -> Any:
+    """``receive``, setting ``gone`` when it says the client went away."""
+
+    async def noting() -> dict[str, Any]:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+        return message
+
+    return noting
+
+
 async def _watch_disconnect(receive: Any, gone: asyncio.Event) -> None:
     """Set ``gone`` when the client drops the connection (its body was read already)."""
     while (await receive())["type"] != "http.disconnect":
@@ -260,7 +272,6 @@ class McpApp:
         key_hash = keys.digest(header.partition(" ")[2].strip())
         original = receive
         receive, plain = await _peek(scope, receive)
-        peeked = receive is not original
         scope = dict(scope)
         agent = _recent_agent(key_hash) if plain else None
         if agent is None:
@@ -290,14 +301,16 @@ class McpApp:
             AccessToken(token="", client_id=f"agent:{agent.pk}", scopes=[])
         )
         watcher = None
-        if peeked and _handshake_era(scope):
-            if plain:
-                _json_answer.set(True)
+        if scope.get("method") == "POST" and _handshake_era(scope):
             # The handler runs in the session's task, which a dropped connection does not end:
             # it is told (a held call then never runs), as the stateless era's handler is
-            # cancelled by the SDK.
+            # cancelled by the SDK. An SSE answer listens for the disconnect itself (through
+            # ``receive``); nothing does for a JSON answer, so a watcher does.
             gone = scope[GONE_SCOPE_KEY] = asyncio.Event()
-            watcher = asyncio.get_running_loop().create_task(_watch_disconnect(original, gone))
+            receive = _noting_disconnect(receive, gone)
+            if plain:
+                _json_answer.set(True)
+                watcher = asyncio.get_running_loop().create_task(_watch_disconnect(original, gone))
         try:
             await self.manager.handle_request(scope, receive, send)
             # The answer is out; the request ends once its results are written (Recording).

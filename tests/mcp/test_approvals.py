@@ -226,12 +226,17 @@ def test_a_paused_agent_or_a_degraded_tool_releases_a_held_call(
     assert Run.objects.get().status == RunStatus.STOPPED
 
 
-@pytest.mark.parametrize("progress", [False, True], ids=["json-answer", "sse-answer"])
+@pytest.mark.parametrize(
+    ("progress", "filler"),
+    [(False, 0), (True, 0), (False, 70_000)],
+    ids=["json-answer", "sse-answer", "sse-answer-large-body"],
+)
 def test_a_host_that_dropped_the_connection_during_the_hold_never_gets_the_write_executed(
-    console, agent, reviewer, upstream, progress
+    console, agent, reviewer, upstream, progress, filler
 ):
     """Handshake era, the host's connection gone without a word (no cancellation), its session
-    still open: the reviewer's later approval executes nothing."""
+    still open: the reviewer's later approval executes nothing (a body too large to be read
+    ahead is answered on SSE and watched all the same)."""
     import httpx
 
     headers = {
@@ -257,6 +262,7 @@ def test_a_host_that_dropped_the_connection_during_the_hold_never_gets_the_write
             "name": "up.send",
             "arguments": MESSAGE,
             **({"_meta": {"progressToken": "p1"}} if progress else {}),
+            **({"_meta": {"opsconsole/filler": "x" * filler}} if filler else {}),
         },
     }
 
