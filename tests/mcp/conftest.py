@@ -216,11 +216,14 @@ async def mcp_client(
     era: str,
     headers: dict[str, str] | None = None,
     read_timeout: float | None = 30,
+    event_hooks: dict[str, list[Any]] | None = None,
 ) -> AsyncIterator[Client]:
-    """The official SDK client in one protocol era, with the agent's key."""
+    """The official SDK client in one protocol era, with the agent's key (``event_hooks`` see or
+    change its HTTP requests and responses)."""
     http = httpx2.AsyncClient(
         headers={"Authorization": f"Bearer {key}", **(headers or {})},
         timeout=httpx2.Timeout(30, read=300),
+        event_hooks=event_hooks,
     )
     async with (
         http,

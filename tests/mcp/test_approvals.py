@@ -148,16 +148,18 @@ def test_a_rejection_stops_the_run_and_nothing_runs(console, agent, reviewer, up
     assert Run.objects.get().status == RunStatus.STOPPED
 
 
+def approve_the_pending_request(reviewer) -> None:
+    """The reviewer approves the one pending request (from another thread, as a request would)."""
+    try:
+        request = ApprovalRequest.objects.get(status=ApprovalStatus.PENDING)
+        approval_decide(request_id=request.pk, reviewer=reviewer.user, verdict="approve")
+    finally:
+        connections.close_all()
+
+
 def test_a_host_that_gave_up_during_the_hold_never_gets_the_write_executed(
     console, agent, reviewer, upstream
 ):
-    def approve_pending() -> None:
-        try:
-            request = ApprovalRequest.objects.get(status=ApprovalStatus.PENDING)
-            approval_decide(request_id=request.pk, reviewer=reviewer.user, verdict="approve")
-        finally:
-            connections.close_all()
-
     async def scenario():
         # The host's own timeout (1.5 s) is shorter than the console's hold (20 s); its session
         # stays open while the reviewer approves after it gave up.
@@ -167,7 +169,7 @@ def test_a_host_that_gave_up_during_the_hold_never_gets_the_write_executed(
                 await client.call_tool("up.send", MESSAGE)
             except Exception as exc:  # noqa: BLE001 - the SDK's timeout error
                 gave_up = exc
-            await asyncio.to_thread(approve_pending)
+            await asyncio.to_thread(approve_the_pending_request, reviewer)
             await asyncio.sleep(1.5)  # had the held call survived, it would have run by now
             return gave_up
 
@@ -266,13 +268,6 @@ def test_a_host_that_dropped_the_connection_during_the_hold_never_gets_the_write
         },
     }
 
-    def approve_pending() -> None:
-        try:
-            request = ApprovalRequest.objects.get(status=ApprovalStatus.PENDING)
-            approval_decide(request_id=request.pk, reviewer=reviewer.user, verdict="approve")
-        finally:
-            connections.close_all()
-
     async def scenario():
         async with httpx.AsyncClient(headers=headers, timeout=10) as http:
             opened = await http.post(console.url, json=hello)
@@ -288,7 +283,7 @@ def test_a_host_that_dropped_the_connection_during_the_hold_never_gets_the_write
             async with httpx.AsyncClient(headers={**headers, **session}) as doomed:
                 with pytest.raises(httpx.TimeoutException):
                     await doomed.post(console.url, json=call, timeout=1.0)  # then closed
-            await asyncio.to_thread(approve_pending)
+            await asyncio.to_thread(approve_the_pending_request, reviewer)
             await asyncio.sleep(2.0)  # had the held call survived, it would have run by now
             await http.delete(console.url, headers=session)
 

@@ -175,13 +175,8 @@ def test_an_invalid_result_of_a_fast_decision_still_stops_the_run(console, agent
 def test_a_key_revoked_mid_session_is_refused_on_the_next_request(console, agent, upstream, era):
     """A plain call of a key authenticated lately is verified by the core's decision itself; once
     the key is revoked the next call is answered 401 and nothing runs."""
-    import httpx2
-    from mcp import Client
-    from mcp.client.streamable_http import streamable_http_client
-
     from agents.models import AgentKey
     from agents.registry.services import agent_key_revoke
-    from tests.mcp.conftest import MODES
 
     statuses: list[int] = []
 
@@ -194,15 +189,7 @@ def test_a_key_revoked_mid_session_is_refused_on_the_next_request(console, agent
             agent_key_revoke(key_id=key.pk, actor="admin")
 
     async def scenario():
-        http = httpx2.AsyncClient(
-            headers={"Authorization": f"Bearer {agent.key}"}, event_hooks={"response": [seen]}
-        )
-        async with (
-            http,
-            Client(
-                streamable_http_client(console.url, http_client=http), mode=MODES[era], cache=None
-            ) as client,
-        ):
+        async with mcp_client(console, agent.key, era, event_hooks={"response": [seen]}) as client:
             await client.list_tools()
             for query in ("a", "b"):
                 assert (await client.call_tool("up.search", {"query": query})).is_error is False

@@ -233,11 +233,6 @@ def test_a_stateless_call_whose_param_header_disagrees_is_rejected(console, agen
     """2026-07-28: a tool's ``x-mcp-header`` arguments travel as ``Mcp-Param-*`` headers too, for
     intermediaries to route on; the SDK checks they agree with the body, with the schema the
     upstream listed (the console's lookup), and a call that disagrees is not run."""
-    import httpx2
-    from mcp import Client
-    from mcp.client.streamable_http import streamable_http_client
-
-    from tests.mcp.conftest import MODES
 
     async def tamper(request):
         if "mcp-param-query" in request.headers:
@@ -247,17 +242,9 @@ def test_a_stateless_call_whose_param_header_disagrees_is_rejected(console, agen
         async with mcp_client(console, agent.key, "stateless") as client:
             await client.list_tools()
             honest = await client.call_tool("up.search", {"query": "a"})
-        http = httpx2.AsyncClient(
-            headers={"Authorization": f"Bearer {agent.key}"}, event_hooks={"request": [tamper]}
-        )
-        async with (
-            http,
-            Client(
-                streamable_http_client(console.url, http_client=http),
-                mode=MODES["stateless"],
-                cache=None,
-            ) as client,
-        ):
+        async with mcp_client(
+            console, agent.key, "stateless", event_hooks={"request": [tamper]}
+        ) as client:
             await client.list_tools()
             try:
                 await client.call_tool("up.search", {"query": "b"})
@@ -276,12 +263,6 @@ def test_a_handshake_call_is_answered_with_json_unless_it_asked_for_progress(
 ):
     """The handshake era's answers: a plain call in one JSON body (the cheaper answer), a call
     with a progress token on an SSE stream that can carry its progress."""
-    import httpx2
-    from mcp import Client
-    from mcp.client.streamable_http import streamable_http_client
-
-    from tests.mcp.conftest import MODES
-
     answers: list[str] = []
 
     async def seen(response):
@@ -292,17 +273,9 @@ def test_a_handshake_call_is_answered_with_json_unless_it_asked_for_progress(
         pass
 
     async def scenario():
-        http = httpx2.AsyncClient(
-            headers={"Authorization": f"Bearer {agent.key}"}, event_hooks={"response": [seen]}
-        )
-        async with (
-            http,
-            Client(
-                streamable_http_client(console.url, http_client=http),
-                mode=MODES["handshake"],
-                cache=None,
-            ) as client,
-        ):
+        async with mcp_client(
+            console, agent.key, "handshake", event_hooks={"response": [seen]}
+        ) as client:
             await client.list_tools()
             answers.clear()
             plain = await client.call_tool("up.search", {"query": "a"})
