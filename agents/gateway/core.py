@@ -1042,12 +1042,19 @@ async def decide_async(
     return await _drive_async(decision_steps(request, entry, now=now, guards=guards))
 
 
-async def report_async(report: ReportRequest, now: datetime) -> Outcome:
-    """Record a plain result on this process's async pool (``report_steps``)."""
-    return await _drive_async(report_steps(report, now=now))
+async def report_async(
+    report: ReportRequest, now: datetime, *, committing: Callable[[], None] | None = None
+) -> Outcome:
+    """Record a plain result on this process's async pool (``report_steps``). ``committing`` is
+    called once the record's checks passed and its transaction holds the run's row, just before
+    its writes and COMMIT are sent: from then on it writes (unless the database fails), and any
+    other transaction of the run waits for it."""
+    return await _drive_async(report_steps(report, now=now), committing)
 
 
-async def _drive_async(steps: DecisionSteps) -> Outcome:
+async def _drive_async(
+    steps: DecisionSteps, committing: Callable[[], None] | None = None
+) -> Outcome:
     import psycopg
 
     pool = await _pool()
@@ -1072,6 +1079,8 @@ async def _drive_async(steps: DecisionSteps) -> Outcome:
                         except StopIteration as done:
                             outcome: Outcome = done.value
                             break
+                    if committing is not None:
+                        committing()
                     if outcome.writes:
                         await conn.execute(*writes_as_one(outcome.writes))
                     await conn.commit()

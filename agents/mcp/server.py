@@ -379,9 +379,16 @@ class Recording:
     the next call of the same run in this process and the end of a handshake session wait for it
     too (so they see the run as the slow path would have left it). A database failure is retried
     through the gateway's services; a result that still cannot be written is logged with its
-    call."""
+    call.
 
-    pending: dict[int, asyncio.Task[None]] = {}  # run id -> its latest result being recorded
+    The run's next call need not wait for the whole record, only until it is *ordered* after it:
+    once the record's transaction holds the run's row and is certain to write (its checks passed,
+    only its writes and COMMIT are left), any decision of the run locks that row after it, and so
+    sees the run with this result. A record that hands over to the gateway's services is waited
+    for to its end."""
+
+    # run id -> (its latest result being recorded, set once that record is ordered or done)
+    pending: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
     RETRY_SECONDS = (0.5, 2.0, 5.0)
 
     @classmethod
@@ -389,12 +396,17 @@ class Recording:
         cls, agent: Agent, report: core.ReportRequest, now: datetime, scope: dict[str, Any]
     ) -> None:
         earlier = cls.pending.get(report.run_id)
-        task = asyncio.get_running_loop().create_task(cls._record(agent, report, now, earlier))
-        cls.pending[report.run_id] = task
+        ordered = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(
+            cls._record(agent, report, now, earlier[0] if earlier else None, ordered)
+        )
+        cls.pending[report.run_id] = (task, ordered)
         scope.setdefault(RECORDING_SCOPE_KEY, []).append(task)
 
         def done(finished: asyncio.Task[None]) -> None:
-            if cls.pending.get(report.run_id) is finished:
+            ordered.set()
+            entry = cls.pending.get(report.run_id)
+            if entry is not None and entry[0] is finished:
                 del cls.pending[report.run_id]
 
         task.add_done_callback(done)
@@ -402,7 +414,18 @@ class Recording:
     @classmethod
     async def settled(cls, run_id: int | None = None) -> None:
         """Wait for the results being recorded: of one run, or (None) of every run."""
-        await cls.wait(list(cls.pending.values()) if run_id is None else [cls.pending.get(run_id)])
+        if run_id is None:
+            await cls.wait([task for task, _ in cls.pending.values()])
+        elif (entry := cls.pending.get(run_id)) is not None:
+            await cls.wait([entry[0]])
+
+    @classmethod
+    async def ordered(cls, run_id: int) -> None:
+        """Wait until the run's latest result is written, or its record holds the run's row and
+        will write it: whatever the run does next is ordered after that result."""
+        entry = cls.pending.get(run_id)
+        if entry is not None:
+            await asyncio.shield(entry[1].wait())
 
     @staticmethod
     async def wait(tasks: list[asyncio.Task[None] | None]) -> None:
@@ -418,12 +441,13 @@ class Recording:
         report: core.ReportRequest,
         now: datetime,
         earlier: asyncio.Task[None] | None,
+        ordered: asyncio.Event,
     ) -> None:
         if earlier is not None:  # results of one run are written in their order
             with contextlib.suppress(BaseException):
                 await earlier
         try:
-            recorded = await core.report_async(report, now)
+            recorded = await core.report_async(report, now, committing=ordered.set)
         except core.Fallback as fallback:
             core.FAST_PATH.labels(f"mcp_report_{fallback.reason}").inc()
         else:
@@ -537,7 +561,7 @@ async def call_tool(
     key, label = run_key(ctx)
     known = services.mcp_run_known(agent=agent, key=key)
     if known is not None:
-        await Recording.settled(known)  # the run's previous result, written after its answer
+        await Recording.ordered(known)  # the run's previous result, written after its answer
     fast = await _fast_decision(ctx, agent, name, args, upstream, known)
     assert ctx.request is not None
     if fast is None and VERIFY_SCOPE_KEY in ctx.request.scope:

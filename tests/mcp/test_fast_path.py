@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import psycopg
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
@@ -16,7 +17,7 @@ from django.db import connection
 from agents.gateway import core
 from agents.mcp import services
 from agents.mcp.server import Recording
-from agents.models import McpToolSeen, ToolCall, TraceEvent
+from agents.models import McpToolSeen, ToolBreaker, ToolCall, TraceEvent
 from tests.gateway.test_core import outcomes  # the fast path's counters, by outcome
 from tests.mcp.conftest import decision_of, mcp_client, text_of
 
@@ -67,10 +68,10 @@ def test_the_answer_does_not_wait_for_its_record_but_the_next_call_does(
     gate = threading.Event()
     original = core.report_async
 
-    async def held_report(report, now):
+    async def held_report(report, now, **kwargs):
         while not gate.is_set():
             await asyncio.sleep(0.01)
-        return await original(report, now)
+        return await original(report, now, **kwargs)
 
     async def scenario():
         async with mcp_client(console, agent.key, "handshake") as client:
@@ -99,13 +100,72 @@ def test_the_answer_does_not_wait_for_its_record_but_the_next_call_does(
 
 
 @needs_the_core
+def test_the_next_call_goes_on_once_the_record_holds_the_run_and_is_decided_after_it(
+    console, agent, upstream, monkeypatch
+):
+    """The run's next call does not wait for the record's last round trip: once the record's
+    checks passed and its transaction holds the run's row, the next decision is sent, and the
+    database orders it after the record (it waits for the run's row)."""
+    decided = []
+    original_decide = core.decide_async
+
+    async def noting_decide(*args, **kwargs):
+        decided.append(args[0].args["query"])
+        return await original_decide(*args, **kwargs)
+
+    # The record's writes wait for this lock (they update the tool's breaker; its first round trip
+    # only locks the breaker's row, and decisions do not write it).
+    blocker = psycopg.connect(
+        **{k: v for k, v in core._conninfo().items() if k != "autocommit"}, autocommit=False
+    )
+
+    async def scenario():
+        async with mcp_client(console, agent.key, "handshake") as client:
+            await client.list_tools()
+            await client.call_tool("up.search", {"query": "a"})  # the slow path starts the run
+            monkeypatch.setattr(core, "decide_async", noting_decide)
+            blocker.execute(f"LOCK TABLE {ToolBreaker._meta.db_table} IN SHARE MODE")
+            answered = await client.call_tool("up.search", {"query": "b"})
+            second = asyncio.ensure_future(client.call_tool("up.search", {"query": "c"}))
+            for _ in range(200):  # the next decision is sent while the record is not written
+                if "c" in decided:
+                    break
+                await asyncio.sleep(0.01)
+            sent_early = "c" in decided
+            await asyncio.sleep(0.2)
+            waiting = not second.done()
+            unwritten = await sync_to_async(
+                lambda: ToolCall.objects.get(args={"query": "b"}).reported_at
+            )()
+            blocker.rollback()
+            return answered, sent_early, waiting, unwritten, await second
+
+    try:
+        answered, sent_early, waiting, unwritten, second = asyncio.run(scenario())
+    finally:
+        blocker.close()
+    assert sent_early and waiting and unwritten is None
+    assert answered.is_error is False and second.is_error is False
+    b, c = ToolCall.objects.get(args={"query": "b"}), ToolCall.objects.get(args={"query": "c"})
+    assert b.reported_at is not None and b.reported_at < c.created_at
+    events = TraceEvent.objects.filter(tool_call__in=[b, c]).order_by("pk")
+    assert [(e.kind, e.tool_call_id) for e in events] == [
+        ("tool_call", b.pk),
+        ("tool_result", b.pk),
+        ("tool_call", c.pk),
+        ("tool_result", c.pk),
+    ]
+    assert [e["args"]["query"] for e in upstream.executed()] == ["a", "b", "c"]
+
+
+@needs_the_core
 def test_a_result_is_recorded_through_a_database_failure(console, agent, upstream, monkeypatch):
     """The core hands the record to the gateway's services, which are retried while the
     database fails: the result the model saw is kept."""
     attempts = []
     original = services.mcp_result_report
 
-    async def core_down(report, now):
+    async def core_down(report, now, **kwargs):
         raise core.Fallback("database")
 
     def flaky_report(**kwargs):
