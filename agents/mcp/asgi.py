@@ -31,6 +31,7 @@ from rest_framework.exceptions import AuthenticationFailed
 
 from agents.gateway import core
 from agents.mcp.server import (
+    ANSWERED_SCOPE_KEY,
     GONE_SCOPE_KEY,
     RECORDING_SCOPE_KEY,
     VERIFY_SCOPE_KEY,
@@ -176,6 +177,17 @@ async def _watch_disconnect(receive: Any, gone: asyncio.Event) -> None:
     gone.set()
 
 
+def _answering(send: Any, answered: asyncio.Event) -> Any:
+    """``send``, setting ``answered`` once the answer's last byte is handed to the server."""
+
+    async def answering(message: dict[str, Any]) -> None:
+        await send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            answered.set()
+
+    return answering
+
+
 def _handshake_era(scope: Scope) -> bool:
     header = MCP_PROTOCOL_VERSION_HEADER.lower().encode()
     version = dict(scope.get("headers", [])).get(header, b"").decode("latin-1")
@@ -311,11 +323,16 @@ class McpApp:
             if plain:
                 _json_answer.set(True)
                 watcher = asyncio.get_running_loop().create_task(_watch_disconnect(original, gone))
+        # A result is recorded once its answer is out (``Recording``).
+        answered = scope[ANSWERED_SCOPE_KEY] = asyncio.Event()
+        send = _answering(send, answered)
         try:
             await self.manager.handle_request(scope, receive, send)
+            answered.set()
             # The answer is out; the request ends once its results are written (Recording).
             await Recording.wait(scope.get(RECORDING_SCOPE_KEY, []))
         finally:
+            answered.set()
             if watcher is not None:
                 watcher.cancel()
 

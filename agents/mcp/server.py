@@ -59,6 +59,7 @@ CONTAINMENT_EVERY_SECONDS = 1.0  # a held call re-reads the kill switch, pause a
 SESSION_HEADER = "mcp-session-id"
 RECORDING_SCOPE_KEY = "opsconsole.recording"  # the request's results still being recorded
 VERIFY_SCOPE_KEY = "opsconsole.verify"  # set by agents.mcp.asgi for a key taken on trust
+ANSWERED_SCOPE_KEY = "opsconsole.answered"  # set (by agents.mcp.asgi) once the answer is out
 GONE_SCOPE_KEY = "opsconsole.gone"  # set (by agents.mcp.asgi) once the client dropped the request
 
 _tool_name = __import__("re").compile(TOOL_NAME_PATTERN)
@@ -398,7 +399,14 @@ class Recording:
         earlier = cls.pending.get(report.run_id)
         ordered = asyncio.Event()
         task = asyncio.get_running_loop().create_task(
-            cls._record(agent, report, now, earlier[0] if earlier else None, ordered)
+            cls._record(
+                agent,
+                report,
+                now,
+                earlier[0] if earlier else None,
+                ordered,
+                scope.get(ANSWERED_SCOPE_KEY),
+            )
         )
         cls.pending[report.run_id] = (task, ordered)
         scope.setdefault(RECORDING_SCOPE_KEY, []).append(task)
@@ -442,7 +450,10 @@ class Recording:
         now: datetime,
         earlier: asyncio.Task[None] | None,
         ordered: asyncio.Event,
+        answered: asyncio.Event | None,
     ) -> None:
+        if answered is not None:  # the answer goes out first: the model waits for it
+            await answered.wait()
         if earlier is not None:  # results of one run are written in their order
             with contextlib.suppress(BaseException):
                 await earlier
