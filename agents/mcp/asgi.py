@@ -93,15 +93,18 @@ async def _authenticate(header: str) -> Any:
     return principal
 
 
-# --- a plain handshake-era call answered with JSON ------------------------------------------------
+# --- a plain call answered with JSON -------------------------------------------------------------
 #
-# The SDK's handshake-era transport answers every request on an SSE stream (its own task group, a
-# priming event, a writer task) unless the whole server is set to JSON answers, which would leave
-# no way to send a held call's progress. Streamable HTTP lets the server pick per answer, so the
-# console answers a ``tools/call`` that asked for no progress with JSON (nothing else can be sent
-# on that call: this server sends a call's notifications only to a progress token) and keeps SSE
-# for the rest. The choice is this request's own (a context variable, read by the transport's
-# ``is_json_response_enabled``); sessions, their tasks and every other request keep the default.
+# The SDK answers a request on an SSE stream unless the whole server is set to JSON answers, which
+# would leave no way to send a held call's progress. An SSE answer costs: in the handshake era the
+# transport's own task group, a priming event and a writer task; in the stateless era a task group
+# with the handler and a disconnect watcher. Streamable HTTP lets the server pick per answer, so the
+# console answers a ``tools/call`` that asked for no progress with JSON, in both eras (nothing else
+# can be sent on that call: this server sends a call's notifications only to a progress token), and
+# keeps SSE for the rest. The choice is this request's own (a context variable, read by the
+# transport's ``is_json_response_enabled`` and the session manager's ``json_response``); sessions,
+# their tasks and every other request keep the default. Such a call's handler is not cancelled by
+# the SDK when the client goes away, so the console watches the connection itself (``GONE``).
 
 _json_answer: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
     "opsconsole_mcp_json_answer", default=None
@@ -110,20 +113,22 @@ PEEK_MAX_BYTES = 64 * 1024  # a larger call is answered on SSE, its body streame
 
 
 class _JsonAnswerForThisRequest:
-    """``StreamableHTTPServerTransport.is_json_response_enabled``: this request's choice when it
-    made one, else the transport's own setting."""
+    """``StreamableHTTPServerTransport.is_json_response_enabled`` (handshake era) and
+    ``StreamableHTTPSessionManager.json_response`` (read for each stateless-era request): this
+    request's choice when it made one, else the object's own setting."""
 
-    def __get__(self, transport: Any, owner: Any = None) -> Any:
-        if transport is None:
+    def __get__(self, holder: Any, owner: Any = None) -> Any:
+        if holder is None:
             return self
         chosen = _json_answer.get()
-        return transport.__dict__.get("_json_default", False) if chosen is None else chosen
+        return holder.__dict__.get("_json_default", False) if chosen is None else chosen
 
-    def __set__(self, transport: Any, value: bool) -> None:
-        transport.__dict__["_json_default"] = value
+    def __set__(self, holder: Any, value: bool) -> None:
+        holder.__dict__["_json_default"] = value
 
 
 StreamableHTTPServerTransport.is_json_response_enabled = _JsonAnswerForThisRequest()  # type: ignore[assignment]
+StreamableHTTPSessionManager.json_response = _JsonAnswerForThisRequest()  # type: ignore[assignment]
 
 
 def _plain_call(body: bytes) -> bool:
@@ -313,13 +318,17 @@ class McpApp:
             AccessToken(token="", client_id=f"agent:{agent.pk}", scopes=[])
         )
         watcher = None
-        if scope.get("method") == "POST" and _handshake_era(scope):
-            # The handler runs in the session's task, which a dropped connection does not end:
-            # it is told (a held call then never runs), as the stateless era's handler is
-            # cancelled by the SDK. An SSE answer listens for the disconnect itself (through
-            # ``receive``); nothing does for a JSON answer, so a watcher does.
+        handshake = scope.get("method") == "POST" and _handshake_era(scope)
+        if handshake or plain:
+            # The handler of a handshake-era call runs in the session's task, and that of a call
+            # answered with JSON in the request's own: a dropped connection ends neither. It is
+            # told instead (a held call then never runs), as the SDK cancels the handler of a
+            # stateless-era call answered on SSE. A handshake-era SSE answer listens for the
+            # disconnect itself (through ``receive``); nothing does for a JSON answer, so a
+            # watcher does.
             gone = scope[GONE_SCOPE_KEY] = asyncio.Event()
-            receive = _noting_disconnect(receive, gone)
+            if handshake:
+                receive = _noting_disconnect(receive, gone)
             if plain:
                 _json_answer.set(True)
                 watcher = asyncio.get_running_loop().create_task(_watch_disconnect(original, gone))

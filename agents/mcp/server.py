@@ -251,8 +251,8 @@ def pending(tool_call: ToolCall) -> types.CallToolResult:
 
 
 def _client_gone(ctx: ServerRequestContext[Any, Any]) -> bool:
-    """The client dropped this request's connection (handshake era; the stateless era's handler
-    is cancelled then)."""
+    """The client dropped this request's connection (set for a handshake-era call and for a call
+    answered with JSON; the SDK cancels the handler of any other)."""
     gone = ctx.request.scope.get(GONE_SCOPE_KEY) if ctx.request is not None else None
     return gone is not None and gone.is_set()
 

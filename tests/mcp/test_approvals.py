@@ -157,13 +157,17 @@ def approve_the_pending_request(reviewer) -> None:
         connections.close_all()
 
 
+@pytest.mark.parametrize("era", ["handshake", "stateless"])
 def test_a_host_that_gave_up_during_the_hold_never_gets_the_write_executed(
-    console, agent, reviewer, upstream
+    console, agent, reviewer, upstream, era
 ):
+    """The host's client times out and drops the call's request (a plain call: answered with
+    JSON, its handler not cancelled by the SDK); its session, if any, stays open."""
+
     async def scenario():
         # The host's own timeout (1.5 s) is shorter than the console's hold (20 s); its session
         # stays open while the reviewer approves after it gave up.
-        async with mcp_client(console, agent.key, "handshake", read_timeout=1.5) as client:
+        async with mcp_client(console, agent.key, era, read_timeout=1.5) as client:
             await client.list_tools()
             try:
                 await client.call_tool("up.send", MESSAGE)
