@@ -375,18 +375,17 @@ class Recording:
 
     The call's decision was committed before it ran upstream, and its output was validated
     before the answer: what is left (the result row, its trace event, the breaker's rate, the run's
-    activity) is written while the answer travels, instead of before it. The request that carried
-    the call ends once it is written (so a graceful shutdown waits for it: ``agents.mcp.asgi``);
-    the next call of the same run in this process and the end of a handshake session wait for it
-    too (so they see the run as the slow path would have left it). A database failure is retried
-    through the gateway's services; a result that still cannot be written is logged with its
-    call.
+    activity) is written once the answer is out, instead of before it. The request that carried
+    the call ends once it is written (so a graceful shutdown waits for it: ``agents.mcp.asgi``),
+    and so does a handshake session. A database failure is retried through the gateway's services;
+    a result that still cannot be written is logged with its call.
 
-    The run's next call need not wait for the whole record, only until it is *ordered* after it:
-    once the record's transaction holds the run's row and is certain to write (its checks passed,
-    only its writes and COMMIT are left), any decision of the run locks that row after it, and so
-    sees the run with this result. A record that hands over to the gateway's services is waited
-    for to its end."""
+    The run's next call in this process waits until the record is *ordered* before it (so it sees
+    the run as the slow path would have left it): once the record's transaction holds the run's
+    row and its checks passed, only its writes and COMMIT are left, and any decision of the run
+    locks that row after it. A record that hands over to the gateway's services is waited for to
+    its end. Only a database failure between the two (the record then retried, the next call
+    decided meanwhile) can put a result after the run's next call."""
 
     # run id -> (its latest result being recorded, set once that record is ordered or done)
     pending: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
