@@ -432,7 +432,7 @@ class Recording:
         will write it: whatever the run does next is ordered after that result."""
         entry = cls.pending.get(run_id)
         if entry is not None:
-            await asyncio.shield(entry[1].wait())
+            await entry[1].wait()
 
     @staticmethod
     async def wait(tasks: list[asyncio.Task[None] | None]) -> None:
@@ -571,7 +571,7 @@ async def call_tool(
     key, label = run_key(ctx)
     known = services.mcp_run_known(agent=agent, key=key)
     if known is not None:
-        await Recording.ordered(known)  # the run's previous result, written after its answer
+        await Recording.ordered(known)  # the run's previous result: decided after it
     fast = await _fast_decision(ctx, agent, name, args, upstream, known)
     assert ctx.request is not None
     if fast is None and VERIFY_SCOPE_KEY in ctx.request.scope:
