@@ -511,9 +511,10 @@ async def _execute(
     async def progress(progress: float, total: float | None, message: str | None) -> None:
         await ctx.session.report_progress(progress, total, message)
 
+    relay = progress if _meta(ctx).get("progressToken") is not None else None
     started = time.monotonic()
     try:
-        result = await upstream.call_tool(tool, args, progress)
+        result = await upstream.call_tool(tool, args, relay)
     except UpstreamUnavailable as exc:
         outcome = await sync_to_async(services.mcp_result_report)(
             agent=agent,

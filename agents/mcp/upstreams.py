@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import logging
 import os
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import httpx2
 import mcp_types as types
 from mcp import Client
@@ -25,6 +29,8 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from pydantic import ValidationError
 
 from agents.policy.document import canonical_hash
 
@@ -33,6 +39,8 @@ logger = logging.getLogger("opsconsole.mcp")
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
 CONNECT_WAIT_SECONDS = 10.0  # how long a call waits for a connection being opened
+MCP_SESSION_ID_HEADER = "mcp-session-id"
+MAX_SSE_EVENT_BYTES = 1024 * 1024  # as the SDK's client
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -70,6 +78,10 @@ class Upstream:
         self._broken = asyncio.Event()
         self._closed = False
         self._list_lock = asyncio.Lock()
+        self._http: aiohttp.ClientSession | None = None  # plain calls' (HTTP, connected)
+        self._url = ""
+        self._session_id = ""  # a handshake-era upstream's Mcp-Session-Id
+        self._call_ids = itertools.count(1)
 
     @property
     def state(self) -> str:
@@ -90,11 +102,17 @@ class Upstream:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
+    def _server_headers(self) -> dict[str, str]:
+        return {key: expand(value) for key, value in self.config["headers"].items()}
+
     def _client(self) -> tuple[Client, httpx2.AsyncClient | None]:
         timeout = float(self.config.get("timeout_seconds", 30))
         if "url" in self.config:
-            headers = {key: expand(value) for key, value in self.config["headers"].items()}
-            http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(timeout, read=300))
+            http = httpx2.AsyncClient(
+                headers=self._server_headers(),
+                timeout=httpx2.Timeout(timeout, read=300),
+                event_hooks={"response": [self._note_session]},
+            )
             transport = streamable_http_client(expand(self.config["url"]), http_client=http)
             return Client(transport, read_timeout_seconds=timeout, cache=None), http
         command = [expand(part) for part in self.config["command"]]
@@ -109,10 +127,15 @@ class Upstream:
         while not self._closed:
             self._broken.clear()
             http: httpx2.AsyncClient | None = None
+            calls: aiohttp.ClientSession | None = None
             try:
                 client, http = self._client()
+                self._session_id = ""
+                if http is not None:
+                    self._url = expand(self.config["url"])
+                    calls = aiohttp.ClientSession(headers=self._server_headers(), trust_env=True)
                 async with client:
-                    self.client, self.error = client, ""
+                    self.client, self.error, self._http = client, "", calls
                     self.tools_at = 0.0  # list again on a new connection
                     self._ready.set()
                     backoff = BACKOFF_FIRST_SECONDS
@@ -124,11 +147,14 @@ class Upstream:
                 self.error = _describe(exc)
                 logger.warning("MCP upstream %s: %s", self.name, self.error)
             finally:
-                self.client = None
+                self.client, self._http = None, None
                 self._ready.clear()
                 if http is not None:
                     with contextlib.suppress(Exception):
                         await http.aclose()
+                if calls is not None:
+                    with contextlib.suppress(Exception):
+                        await calls.close()
             if self._closed:
                 return
             self._ready.set()  # wake waiting calls: they fail fast with self.error
@@ -178,7 +204,13 @@ class Upstream:
     async def call_tool(
         self, tool: str, arguments: dict[str, Any], progress: ProgressFnT | None
     ) -> types.CallToolResult:
+        """Run one call upstream. A call with no progress to relay, to a server over HTTP, is
+        sent as one POST on the connection's own HTTP client (``_post_call``); any other through
+        the SDK's client."""
         client = await self.connected()
+        stamp = getattr(client.session, "_stamp", None)
+        if progress is None and self._http is not None and stamp is not None:
+            return await self._post_call(self._http, stamp, tool, arguments)
         try:
             return await client.call_tool(tool, arguments, progress_callback=progress)
         except MCPError as exc:
@@ -189,6 +221,155 @@ class Upstream:
         except Exception as exc:
             self.broken(_describe(exc))
             raise UpstreamUnavailable(_describe(exc)) from exc
+
+    # --- a plain call as one POST ---------------------------------------------------------------
+    #
+    # The SDK's client sends a request through its session, dispatcher and transport tasks and
+    # its HTTP client, which together cost a plain call about as much CPU as the console's whole
+    # decision. A call that relays no progress needs none of that: the console POSTs the JSON-RPC
+    # request itself on a lean HTTP client of the connection (aiohttp, with the server's own
+    # headers), stamped by the connection's session exactly as the SDK stamps a request (protocol
+    # version, and in the 2026-07-28 era the ``_meta`` envelope and the ``Mcp-Method`` /
+    # ``Mcp-Name`` / ``Mcp-Param-*`` headers), with the handshake-era session's id, and reads the
+    # answer as JSON or SSE. A request the upstream sends back on that stream (a ping, or
+    # sampling, elicitation or roots, none of which the console offers) is answered as the SDK's
+    # client answers it without a handler.
+
+    async def _note_session(self, response: httpx2.Response) -> None:
+        """The handshake-era session id the upstream gave at ``initialize`` (a response hook)."""
+        session_id = response.headers.get(MCP_SESSION_ID_HEADER)
+        if session_id:
+            self._session_id = session_id
+
+    def _headers(self, stamped: dict[str, str]) -> dict[str, str]:
+        headers = {
+            "accept": "application/json, text/event-stream",
+            "content-type": "application/json",
+            **stamped,
+        }
+        if self._session_id:
+            headers[MCP_SESSION_ID_HEADER] = self._session_id
+        return headers
+
+    async def _post_call(
+        self, http: aiohttp.ClientSession, stamp: Any, tool: str, arguments: dict[str, Any]
+    ) -> types.CallToolResult:
+        request_id = f"opsconsole-{next(self._call_ids)}"
+        data: dict[str, Any] = {
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments},
+        }
+        options: dict[str, Any] = {}
+        stamp(data, options)
+        headers = self._headers(options.get("headers", {}))
+        body = json.dumps({"jsonrpc": "2.0", "id": request_id, **data})
+        timeout = float(self.config.get("timeout_seconds", 30))
+        try:
+            async with (
+                asyncio.timeout(timeout),
+                http.post(self._url, data=body, headers=headers) as response,
+            ):
+                answer = await self._answer(http, response, request_id, headers)
+        except TimeoutError:
+            raise UpstreamUnavailable(
+                f"{tool} failed upstream: no answer in {timeout:g} s"
+            ) from None
+        except (aiohttp.ClientError, ValueError) as exc:  # the connection, or a garbled answer
+            self.broken(_describe(exc))
+            raise UpstreamUnavailable(_describe(exc)) from exc
+        error = answer.get("error")
+        if error is not None:
+            message = error.get("message") if isinstance(error, dict) else error
+            raise UpstreamUnavailable(f"{tool} failed upstream: {message}")
+        result = answer.get("result")
+        if not isinstance(result, dict) or "inputRequests" in result:
+            raise UpstreamUnavailable(
+                f"{tool} failed upstream: it answered with something other than a tool result"
+            )
+        try:
+            return types.CallToolResult.model_validate(result, by_name=False)
+        except ValidationError as exc:
+            raise UpstreamUnavailable(
+                f"{tool} failed upstream: its answer is not a tool result "
+                f"({exc.error_count()} errors)"
+            ) from None
+
+    async def _answer(
+        self,
+        http: aiohttp.ClientSession,
+        response: aiohttp.ClientResponse,
+        request_id: str,
+        headers: dict[str, str],
+    ) -> dict[str, Any]:
+        """The JSON-RPC answer to ``request_id`` in ``response``."""
+        if response.status == 404 and self._session_id:
+            self.broken("the upstream ended the session")
+            raise UpstreamUnavailable("the upstream ended the session; reconnecting")
+        if response.content_type == "text/event-stream" and response.status < 300:
+            async for message in _sse_messages(response):
+                if message.get("id") == request_id and "method" not in message:
+                    return message
+                if "method" in message and "id" in message:
+                    await self._decline(http, message, headers)
+            raise UpstreamUnavailable("the upstream's stream ended without an answer to the call")
+        content = await response.read()
+        if response.content_type == "application/json":
+            with contextlib.suppress(ValueError):
+                message = json.loads(content)
+                if isinstance(message, dict) and ("result" in message or "error" in message):
+                    return message  # a JSON-RPC error comes with a 4xx as well
+        raise UpstreamUnavailable(f"HTTP {response.status} from the upstream")
+
+    async def _decline(
+        self, http: aiohttp.ClientSession, request: dict[str, Any], headers: dict[str, str]
+    ) -> None:
+        """Answer a request the upstream sent during a call: a ping, else "not supported"."""
+        reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request["id"]}
+        if request["method"] == "ping":
+            reply["result"] = {}
+        else:
+            reply["error"] = {
+                "code": types.METHOD_NOT_FOUND,
+                "message": f"{request['method']} is not supported by the agent ops console",
+            }
+        kept = {"accept", "content-type", MCP_PROTOCOL_VERSION_HEADER, MCP_SESSION_ID_HEADER}
+        with contextlib.suppress(aiohttp.ClientError):
+            async with http.post(
+                self._url,
+                data=json.dumps(reply),
+                headers={k: v for k, v in headers.items() if k.lower() in kept},
+            ) as response:
+                await response.read()
+
+
+async def _sse_messages(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """The JSON-RPC messages of an SSE answer: each ``message`` event's data, parsed (the HTML
+    standard's event stream format: lines end in LF or CRLF, ``data`` lines join with LF, an
+    empty line ends an event; comments, ``id`` and ``retry`` are of no use to one call)."""
+    buffer, event, size = b"", "message", 0
+    data: list[str] = []
+    async for chunk in response.content.iter_any():
+        *lines, buffer = (buffer + chunk).split(b"\n")
+        for raw in lines:
+            line = raw.removesuffix(b"\r").decode()
+            if not line:
+                if event == "message" and data:
+                    message = json.loads("\n".join(data))
+                    if isinstance(message, dict):
+                        yield message
+                event, data, size = "message", [], 0
+                continue
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                event = value
+            elif field == "data":
+                data.append(value)
+                size += len(value)
+        if size + len(buffer) > MAX_SSE_EVENT_BYTES:
+            raise ValueError(
+                f"an event of the upstream's stream is over {MAX_SSE_EVENT_BYTES} bytes"
+            )
 
 
 class UpstreamPool:

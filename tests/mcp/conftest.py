@@ -69,8 +69,9 @@ def wait_for_port(port: int, timeout: float = 20) -> None:
 class Upstream:
     """``tests/mcp/upstream.py`` over Streamable HTTP, as a child process."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
         self.directory = directory
+        self.options = options  # tests/mcp/upstream.py's: --handshake-only, --json
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -88,6 +89,7 @@ class Upstream:
                 str(self.directory),
                 "--port",
                 str(self.port),
+                *self.options,
             ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,

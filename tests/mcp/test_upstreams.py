@@ -14,7 +14,7 @@ from agents.models import McpToolSeen, ToolCall
 from agents.policy.document import Policy, PolicyError, normalise, parse_yaml
 from opsconsole.devserver import ROOT
 from opsconsole.errors import Conflict
-from tests.mcp.conftest import POLICY, decision_of, mcp_client, publish, text_of
+from tests.mcp.conftest import POLICY, Upstream, decision_of, mcp_client, publish, text_of
 
 
 def test_an_upstream_that_is_down_is_a_clear_error_then_its_breaker_opens(console, agent, upstream):
@@ -94,6 +94,53 @@ def test_a_stdio_upstream_is_served_under_its_own_name(console, agent, upstream)
     assert "local.search" in names and "local.send" not in names
     assert result.is_error is False, text_of(result)
     assert result.structured_content == {"hits": ["stdio-0", "stdio-1", "stdio-2"]}
+
+
+@pytest.mark.parametrize("answers", ["sse", "json"])
+def test_plain_calls_reach_an_upstream_of_the_handshake_era_in_its_session(
+    console, agent, upstream, tmp_path, answers
+):
+    """A plain call is one POST of the console's own (agents/mcp/upstreams.py): to a server
+    that keeps sessions, it must carry the session's id, read the answer as SSE or JSON, and
+    answer a request the server sends back mid-call; a call with a progress token goes
+    through the SDK's client on the same connection."""
+    old = Upstream(tmp_path, "--handshake-only", *(["--json"] if answers == "json" else []))
+    old.start()
+    try:
+        publish(
+            POLICY.replace("up: {url: ", f"old: {{url: {old.url!r}}}\n    up: {{url: ")
+            .replace("UPSTREAM_URL", upstream.url)
+            .replace('"up.dump"]', '"up.dump", "old.search", "old.pinger"]')
+            .replace("  definitions:\n", "  definitions:\n    old.pinger: {effect: read}\n")
+        )
+        progress: list[float] = []
+
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            progress.append(value)
+
+        async def scenario():
+            async with mcp_client(console, agent.key, "stateless") as client:
+                plain = [await client.call_tool("old.search", {"query": f"q{n}"}) for n in range(3)]
+                ping = await client.call_tool("old.pinger", {}) if answers == "sse" else None
+                tracked = await client.call_tool(
+                    "old.search", {"query": "tracked"}, progress_callback=on_progress
+                )
+                return plain, ping, tracked
+
+        plain, ping, tracked = asyncio.run(scenario())
+    finally:
+        old.stop()
+    for n, result in enumerate(plain):
+        assert result.is_error is False, text_of(result)
+        assert result.structured_content == {"hits": [f"q{n}-0", f"q{n}-1", f"q{n}-2"]}
+        assert decision_of(result)["decision"] == "allow"
+    if ping is not None:
+        assert ping.is_error is False, text_of(ping)
+        assert text_of(ping) == "pong"
+    assert tracked.is_error is False, text_of(tracked)
+    executed = [call["tool"] for call in old.executed()]
+    assert executed == ["search"] * 3 + (["pinger"] if ping else []) + ["search"]
+    assert ToolCall.objects.filter(tool__startswith="old.", result_ok=True).count() == len(executed)
 
 
 @pytest.mark.parametrize(

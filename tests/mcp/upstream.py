@@ -2,7 +2,12 @@
 ``Server``: over Streamable HTTP (both protocol eras) or stdio.
 
     python -m tests.mcp.upstream --dir DIR --port PORT     # http://127.0.0.1:PORT/mcp
+    python -m tests.mcp.upstream --dir DIR --port PORT --handshake-only [--json]
     python -m tests.mcp.upstream --dir DIR --stdio
+
+``--handshake-only`` is a server of the 2025-11-25 era alone: it refuses the 2026-07-28 era's
+``server/discover`` (so a client falls back to ``initialize``) and keeps a session per client
+(``Mcp-Session-Id``); ``--json`` answers calls with JSON instead of SSE.
 
 Every executed call is appended to ``DIR/calls.jsonl`` (so a test can say a write ran exactly
 once, or never); ``DIR/description.txt``, when present, replaces ``search``'s description (an
@@ -65,6 +70,12 @@ def build(directory: Path) -> Server[Any]:
                     annotations=types.ToolAnnotations(read_only_hint=True),
                 ),
                 types.Tool(
+                    name="pinger",
+                    description="Pings the client before it answers (a request back mid-call).",
+                    input_schema={"type": "object"},
+                    annotations=types.ToolAnnotations(read_only_hint=True),
+                ),
+                types.Tool(
                     name="admin_reset",
                     description="Never allowed by the tests' policies.",
                     input_schema={"type": "object"},
@@ -87,6 +98,9 @@ def build(directory: Path) -> Server[Any]:
             return types.CallToolResult(
                 content=[types.TextContent(type="text", text=f"sent to {args.get('to')}")]
             )
+        if params.name == "pinger":
+            await ctx.session.send_ping()  # the client must answer before this call can
+            return types.CallToolResult(content=[types.TextContent(type="text", text="pong")])
         if params.name == "dump":
             return types.CallToolResult(
                 content=[types.TextContent(type="text", text="x" * 200_000)]
@@ -111,6 +125,8 @@ def main() -> None:
     parser.add_argument("--dir", required=True, type=Path)
     parser.add_argument("--port", type=int)
     parser.add_argument("--stdio", action="store_true")
+    parser.add_argument("--handshake-only", action="store_true")
+    parser.add_argument("--json", action="store_true")
     options = parser.parse_args()
     server = build(options.dir)
     if options.stdio:
@@ -124,8 +140,49 @@ def main() -> None:
         return
     import uvicorn
 
-    app = server.streamable_http_app(stateless_http=True)
+    app: Any = server.streamable_http_app(
+        stateless_http=not options.handshake_only, json_response=options.json
+    )
+    if options.handshake_only:
+        app = _refusing_discover(app)
     uvicorn.run(app, host="127.0.0.1", port=options.port, log_level="warning")
+
+
+def _refusing_discover(app: Any) -> Any:
+    """``app``, answering ``server/discover`` as a server that has no such method."""
+
+    async def refusing(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        request = json.loads(body or b"{}")
+        if isinstance(request, dict) and request.get("method") == "server/discover":
+            error = {"code": types.METHOD_NOT_FOUND, "message": "Method not found"}
+            payload = json.dumps({"jsonrpc": "2.0", "id": request.get("id"), "error": error})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            return await send({"type": "http.response.body", "body": payload.encode()})
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await app(scope, replay, send)
+
+    return refusing
 
 
 if __name__ == "__main__":
