@@ -18,6 +18,8 @@ import logging
 import os
 import re
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -80,6 +82,7 @@ class Upstream:
         self._list_lock = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None  # plain calls' (HTTP, connected)
         self._url = ""
+        self._proxy: str | None = None
         self._session_id = ""  # a handshake-era upstream's Mcp-Session-Id
         self._call_ids = itertools.count(1)
 
@@ -133,7 +136,8 @@ class Upstream:
                 self._session_id = ""
                 if http is not None:
                     self._url = expand(self.config["url"])
-                    calls = aiohttp.ClientSession(headers=self._server_headers(), trust_env=True)
+                    self._proxy = _env_proxy(self._url)
+                    calls = aiohttp.ClientSession(headers=self._server_headers())
                 async with client:
                     self.client, self.error, self._http = client, "", calls
                     self.tools_at = 0.0  # list again on a new connection
@@ -267,7 +271,12 @@ class Upstream:
         try:
             async with (
                 asyncio.timeout(timeout),
-                http.post(self._url, data=body, headers=headers) as response,
+                http.post(
+                    self._url,
+                    data=body,
+                    headers=headers,
+                    proxy=self._proxy,
+                ) as response,
             ):
                 answer = await self._answer(http, response, request_id, headers)
         except TimeoutError:
@@ -338,8 +347,18 @@ class Upstream:
                 self._url,
                 data=json.dumps(reply),
                 headers={k: v for k, v in headers.items() if k.lower() in kept},
+                proxy=self._proxy,
             ) as response:
                 await response.read()
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTP(S)_PROXY``, ``NO_PROXY``), looked up
+    once per connection (aiohttp's ``trust_env`` would look it up, in a thread, per request)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host and urllib.request.proxy_bypass(host):
+        return None
+    return urllib.request.getproxies().get(urllib.parse.urlsplit(url).scheme)
 
 
 async def _sse_messages(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
