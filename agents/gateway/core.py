@@ -44,8 +44,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db import connection as django_connection
-from django.db import connections, transaction
 from django.http.request import split_domain_port, validate_host
 from django.utils import timezone
 from prometheus_client import Counter
@@ -383,6 +383,7 @@ def _insert(model: type, values: dict[str, Any]) -> Statement:
     """An INSERT of every concrete column: the given values, else each field's own default (so a
     column another feature adds with a default is filled as the ORM would fill it)."""
     names, params = [], []
+    db = connections[DEFAULT_DB_ALIAS]  # once: each use of the proxy is a context-local lookup
     for model_field in model._meta.concrete_fields:  # type: ignore[attr-defined]
         if model_field.attname in values:
             value = values[model_field.attname]
@@ -391,7 +392,7 @@ def _insert(model: type, values: dict[str, Any]) -> Statement:
         else:
             value = model_field.get_default()
         names.append(model_field.column)
-        params.append(model_field.get_db_prep_save(value, django_connection))
+        params.append(model_field.get_db_prep_save(value, db))
     placeholders = ", ".join(["%s"] * len(names))
     return (
         f"INSERT INTO {_table(model)} ({', '.join(names)}) VALUES ({placeholders})",
@@ -691,10 +692,11 @@ FOR UPDATE OF b
 def _update(model: type, pk: int, values: dict[str, Any]) -> Statement:
     """An UPDATE of the given fields, each prepared as the ORM prepares it."""
     names, params = [], []
+    db = connections[DEFAULT_DB_ALIAS]
     for name, value in values.items():
         model_field = model._meta.get_field(name)  # type: ignore[attr-defined]
         names.append(f"{model_field.column} = %s")
-        params.append(model_field.get_db_prep_save(value, django_connection))
+        params.append(model_field.get_db_prep_save(value, db))
     return f"UPDATE {_table(model)} SET {', '.join(names)} WHERE id = %s", [*params, pk]
 
 
@@ -1052,6 +1054,15 @@ async def report_async(
     return await _drive_async(report_steps(report, now=now), committing)
 
 
+def _has_rows(cursor: Any) -> bool:
+    """Whether a statement returned rows (as ``cursor.description is not None``, without building
+    its column descriptions)."""
+    import psycopg
+
+    result = cursor.pgresult
+    return result is not None and result.status == psycopg.pq.ExecStatus.TUPLES_OK
+
+
 async def _drive_async(
     steps: DecisionSteps, committing: Callable[[], None] | None = None
 ) -> Outcome:
@@ -1070,10 +1081,7 @@ async def _drive_async(
                             await cursor.execute(sql, params)
                             cursors.append(cursor)
                         await pipeline.sync()
-                        results = [
-                            await c.fetchall() if c.description is not None else None
-                            for c in cursors
-                        ]
+                        results = [await c.fetchall() if _has_rows(c) else None for c in cursors]
                         try:
                             batch = steps.send(results)
                         except StopIteration as done:
