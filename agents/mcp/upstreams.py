@@ -137,7 +137,16 @@ class Upstream:
                 if http is not None:
                     self._url = expand(self.config["url"])
                     self._proxy = _env_proxy(self._url)
-                    calls = aiohttp.ClientSession(headers=self._server_headers())
+                    calls = aiohttp.ClientSession(
+                        headers=self._server_headers(),
+                        # the trust store of the SDK's own HTTP client, so both reach the same
+                        # servers
+                        connector=aiohttp.TCPConnector(
+                            ssl=httpx2.create_ssl_context()
+                            if self._url.startswith("https:")
+                            else True
+                        ),
+                    )
                 async with client:
                     self.client, self.error, self._http = client, "", calls
                     self.tools_at = 0.0  # list again on a new connection
@@ -291,7 +300,7 @@ class Upstream:
             message = error.get("message") if isinstance(error, dict) else error
             raise UpstreamUnavailable(f"{tool} failed upstream: {message}")
         result = answer.get("result")
-        if not isinstance(result, dict) or "inputRequests" in result:
+        if not isinstance(result, dict) or result.get("resultType", "complete") != "complete":
             raise UpstreamUnavailable(
                 f"{tool} failed upstream: it answered with something other than a tool result"
             )
