@@ -244,9 +244,9 @@ class Upstream:
     # headers), stamped by the connection's session exactly as the SDK stamps a request (protocol
     # version, and in the 2026-07-28 era the ``_meta`` envelope and the ``Mcp-Method`` /
     # ``Mcp-Name`` / ``Mcp-Param-*`` headers), with the handshake-era session's id, and reads the
-    # answer as JSON or SSE. A request the upstream sends back on that stream (a ping, or
-    # sampling, elicitation or roots, none of which the console offers) is answered as the SDK's
-    # client answers it without a handler.
+    # answer as JSON or SSE. A request the upstream sends back on that stream is answered: a ping
+    # with an empty result, anything else (sampling, elicitation, roots: the console offers none)
+    # with a JSON-RPC error, as the SDK's client declines them.
 
     async def _note_session(self, response: httpx2.Response) -> None:
         """The handshake-era session id the upstream gave at ``initialize`` (a response hook)."""
