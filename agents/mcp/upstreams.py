@@ -364,10 +364,10 @@ class Upstream:
 def _env_proxy(url: str) -> str | None:
     """The proxy the environment names for ``url`` (``HTTP(S)_PROXY``, ``NO_PROXY``), looked up
     once per connection (aiohttp's ``trust_env`` would look it up, in a thread, per request)."""
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host and urllib.request.proxy_bypass(host):
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
         return None
-    return urllib.request.getproxies().get(urllib.parse.urlsplit(url).scheme)
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 async def _sse_messages(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
