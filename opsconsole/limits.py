@@ -36,6 +36,12 @@ from opsconsole.errors import ServiceError
 # The wall clock, a seam for tests (windows are aligned on it).
 _clock = time.time
 
+
+def rate_window(period: int) -> int:
+    """The number of the fixed window of ``period`` seconds this moment falls in: Django's
+    throttles and the gateway's fast path count in the same windows, on the same clock."""
+    return int(_clock() // period)
+
 logger = logging.getLogger("opsconsole.limits")
 
 # After the cache fails, rate limiting is skipped (requests allowed) for this long.

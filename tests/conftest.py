@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -182,6 +183,18 @@ def start_run(agent):
         return response.json()
 
     return start
+
+
+@pytest.fixture
+def rate_clock(monkeypatch) -> list[float]:
+    """The rate limits' clock stopped at a random moment: a test's calls all count in one fixed
+    window (a real clock can cross a window's edge mid-test), and counters other tests left in a
+    shared cache (Redis in CI) are never in it."""
+    from opsconsole import limits
+
+    now = [random.uniform(4e9, 5e9)]
+    monkeypatch.setattr(limits, "_clock", lambda: now[0])
+    return now
 
 
 @pytest.fixture

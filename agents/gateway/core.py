@@ -76,7 +76,13 @@ from agents.models import (
 )
 from agents.policy.document import MAX_TOOL_NAME, TOOL_NAME_PATTERN, Policy, canonical_hash
 from opsconsole import keys
-from opsconsole.limits import MAX_JSON_DEPTH, ToolCallRateThrottle, cache_health, json_depth
+from opsconsole.limits import (
+    MAX_JSON_DEPTH,
+    ToolCallRateThrottle,
+    cache_health,
+    json_depth,
+    rate_window,
+)
 from opsconsole.live import group_for
 
 logger = logging.getLogger("opsconsole.gateway.core")
@@ -880,7 +886,7 @@ def _rate() -> tuple[int, int] | None:
 
 
 def _rate_key(entry: KeyEntry, period: int, database: str) -> str:
-    window = int(time.time() // period)
+    window = rate_window(period)
     created = int(entry.agent_created_at.timestamp() * 1_000_000)
     return ToolCallRateThrottle.cache_format % {
         "db": database,

@@ -145,7 +145,9 @@ def test_https_only_deployments_redirect_plain_http_and_send_hsts(
     assert ToolCall.objects.filter(run_id=run).count() == 1
 
 
-def test_the_rate_limit_counts_calls_on_both_paths_in_one_window(agent, start_run, settings):
+def test_the_rate_limit_counts_calls_on_both_paths_in_one_window(
+    agent, start_run, settings, rate_clock
+):
     settings.OPSCONSOLE_RATE_LIMITS = {**settings.OPSCONSOLE_RATE_LIMITS, "tool_calls": "3/min"}
     run = start_run()["id"]
     path = f"/api/v1/runs/{run}/tool-calls"

@@ -209,7 +209,9 @@ def test_arguments_over_the_gateways_cap_are_a_protocol_error(console, agent, up
 
 
 @pytest.mark.parametrize("era", ERAS)
-def test_the_agents_tool_call_rate_holds_over_mcp_too(console, agent, upstream, settings, era):
+def test_the_agents_tool_call_rate_holds_over_mcp_too(
+    console, agent, upstream, settings, era, rate_clock
+):
     """The same per-agent windows as its HTTP calls: over the rate, a call is refused with how
     long to wait, nothing runs and the session and run go on."""
     settings.OPSCONSOLE_RATE_LIMITS = {**settings.OPSCONSOLE_RATE_LIMITS, "tool_calls": "2/min"}

@@ -169,7 +169,7 @@ def test_a_full_backlog_is_a_503_with_a_retry_after_from_the_drain_time(agent, m
     assert not Run.objects.exists()
 
 
-def test_over_the_agents_rate_is_a_429_with_retry_after(agent, settings):
+def test_over_the_agents_rate_is_a_429_with_retry_after(agent, settings, rate_clock):
     settings.OPSCONSOLE_RATE_LIMITS = {**settings.OPSCONSOLE_RATE_LIMITS, "otlp": "1/min"}
 
     assert export(agent.key, "genai_legacy.pb").status_code == 200
