@@ -42,6 +42,7 @@ def rate_window(period: int) -> int:
     throttles and the gateway's fast path count in the same windows, on the same clock."""
     return int(_clock() // period)
 
+
 logger = logging.getLogger("opsconsole.limits")
 
 # After the cache fails, rate limiting is skipped (requests allowed) for this long.
