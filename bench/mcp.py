@@ -21,7 +21,8 @@ being recorded (the console answers first and records after); paced, each call i
 its own, as the HTTP decision is (which records no result).
 
 It prints p50 and p99 per target (medians over the rounds), what the console adds over the
-direct call, and the goal: added p50 <= the HTTP decision's p50 + 2 ms.
+direct call, and the goal for each: added p50 <= the HTTP decision's p50 + 2 ms, and added p99 <=
+its p99 + 2 ms (the ratio printed is added / that bound).
 """
 
 from __future__ import annotations
@@ -256,23 +257,27 @@ def main() -> None:
 
 
 def report(pace: str, results: dict[str, dict[str, list[float]]]) -> None:
+    """The medians per target, then what the console adds over the direct call, each quantile
+    judged against the same quantile of the HTTP decision plus ``GOAL_MARGIN_MS``."""
     medians = {name: {k: statistics.median(v) for k, v in r.items()} for name, r in results.items()}
     print(f"\n{pace}\n{'target':28} {'p50 ms':>8} {'p99 ms':>8}")
     for name, row in medians.items():
         print(f"{name:28} {row['p50']:8.2f} {row['p99']:8.2f}")
-    decision = medians["http decision"]["p50"]
+    decision = medians["http decision"]
+    bound = {q: decision[q] + GOAL_MARGIN_MS for q in ("p50", "p99")}
     print(
-        f"the gateway's HTTP decision p50: {decision:.2f} ms; goal: added <= {decision + GOAL_MARGIN_MS:.2f} ms"
+        f"the gateway's HTTP decision: p50 {decision['p50']:.2f} ms, p99 {decision['p99']:.2f} ms; "
+        f"goal: added p50 <= {bound['p50']:.2f} ms, added p99 <= {bound['p99']:.2f} ms"
     )
     for era in ERAS:
         for kind in ("read", "write"):
             direct, via = medians[f"direct {kind} {era}"], medians[f"console {kind} {era}"]
-            added50, added99 = via["p50"] - direct["p50"], via["p99"] - direct["p99"]
-            verdict = "meets" if added50 <= decision + GOAL_MARGIN_MS else "misses"
-            print(
-                f"added {kind:5} {era:9}: p50 {added50:6.2f} ms, p99 {added99:6.2f} ms "
-                f"({verdict} the goal)"
-            )
+            parts = []
+            for q in ("p50", "p99"):
+                added = via[q] - direct[q]
+                verdict = "meets" if added <= bound[q] else "misses"
+                parts.append(f"{q} {added:6.2f} ms ({added / bound[q]:.2f}x, {verdict})")
+            print(f"added {kind:5} {era:9}: {', '.join(parts)}")
 
 
 if __name__ == "__main__":
