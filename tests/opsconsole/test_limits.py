@@ -23,13 +23,10 @@ loop: {max_repeats: 100}
 
 
 @pytest.fixture
-def clock(monkeypatch):
-    """A fixed clock at a random moment: each test counts in a window of its own, so counters
-    left in a shared cache (Redis in CI) by other tests or runs never meet this one's."""
-    now = [random.uniform(4e9, 5e9)]
-    monkeypatch.setattr(limits, "_clock", lambda: now[0])
-    monkeypatch.setattr(login, "_clock", lambda: now[0])
-    return now
+def clock(rate_clock, monkeypatch):
+    """The rate limits' stopped clock (``rate_clock``), the login lockout's too."""
+    monkeypatch.setattr(login, "_clock", lambda: rate_clock[0])
+    return rate_clock
 
 
 @pytest.fixture
